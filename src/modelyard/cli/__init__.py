@@ -1,0 +1,1 @@
+"""The ``modelyard`` command: thin Typer commands over the client."""

@@ -1,0 +1,279 @@
+"""``modelyard``: run a server, apply specs, inspect endpoints, invoke them."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from modelyard import __version__
+from modelyard.cli import output
+from modelyard.cli.output import Format, dump, err, out
+from modelyard.client import Client
+from modelyard.errors import ModelyardError
+
+app = typer.Typer(
+    help="Modelyard: managed endpoints for your ML models, on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", envvar="MODELYARD_STATE_DIR", help="Server state directory [default: ./.modelyard]"),
+]
+Url = Annotated[str | None, typer.Option("--url", envvar="MODELYARD_URL", help="Control-plane URL")]
+Output = Annotated[Format, typer.Option("-o", "--output", help="Output format")]
+KIND_ALIASES = {
+    "model": "model",
+    "models": "model",
+    "mo": "model",
+    "endpoint": "endpoint",
+    "endpoints": "endpoint",
+    "ep": "endpoint",
+}
+
+
+def _client(url: str | None, state_dir: Path | None) -> Client:
+    return Client(url=url, state_dir=state_dir)
+
+
+def _kind(kind: str) -> str:
+    try:
+        return KIND_ALIASES[kind.lower()]
+    except KeyError:
+        raise typer.BadParameter(f"must be 'model' or 'endpoint' (got {kind!r})") from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"modelyard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version")
+    ] = False,
+) -> None:
+    pass
+
+
+@app.command()
+def server(
+    state_dir: StateDir = None,
+    store_url: Annotated[
+        str | None,
+        typer.Option(help="Store URL: sqlite:///path or postgresql://user@host/db [default: SQLite in the state dir]"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Control-plane API port (0 = any free port)")] = 8700,
+    gateway_port: Annotated[int, typer.Option(help="Gateway (invocations) port (0 = any)")] = 8701,
+    require_invoke_token: Annotated[
+        bool, typer.Option(help="Require the invoke token (state dir: invoke-token) on invocations")
+    ] = False,
+    invocation_timeout: Annotated[float, typer.Option(help="Seconds a model may take to answer")] = 60.0,
+) -> None:
+    """Start the control plane and the gateway; Ctrl-C stops everything."""
+    from modelyard.server import Supervisor
+    from modelyard.settings import ServerSettings, default_store_url
+
+    folder = (state_dir or Path(".modelyard")).resolve()
+    settings = ServerSettings(
+        state_dir=folder,
+        store_url=store_url or default_store_url(folder),
+        host=host,
+        api_port=port,
+        gateway_port=gateway_port,
+        require_invoke_token=require_invoke_token,
+        invocation_timeout_s=invocation_timeout,
+    )
+    raise typer.Exit(Supervisor(settings, echo=lambda line: out.print(line, markup=False)).run())
+
+
+def _progress_printer() -> Any:
+    last: dict[str, str] = {}
+
+    def show(view: dict[str, Any]) -> None:
+        total = sum(v["instance_count"] for v in view["variants"])
+        ready = sum(
+            1
+            for v in view["variants"]
+            for r in v["replicas"]
+            if r["state"] == "ready" and r["revision"] == view["revision"]
+        )
+        line = f"  endpoint/{view['name']}: {view['status']} (revision {view['revision']}, {ready}/{total} replicas ready)"
+        if view["status"] == "Failed" and view["message"]:
+            line += f"\n    {view['message']}"
+        if last.get(view["name"]) != line:
+            last[view["name"]] = line
+            err.print(line, markup=False)
+
+    return show
+
+
+@app.command()
+def apply(
+    file: Annotated[Path, typer.Option("-f", "--file", help="YAML file with one or more documents")],
+    wait: Annotated[bool, typer.Option(help="Wait until endpoints are InService")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait")] = 300,
+    output_format: Output = Format.table,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Create or update the resources in FILE (idempotent)."""
+    with _client(url, state_dir) as client:
+        results = client.apply_file(file)
+        if not dump(results, output_format):
+            for r in results:
+                rev = f" (revision {r['revision']})" if "revision" in r else ""
+                out.print(f"{r['kind'].lower()}/{r['name']} {r['action']}{rev}", markup=False)
+        if not wait:
+            return
+        failed = []
+        for r in results:
+            if r["kind"] != "Endpoint":
+                continue
+            view = client.wait_endpoint(
+                r["name"], timeout_s=timeout, on_progress=_progress_printer(), revision=r["revision"]
+            )
+            if view["status"] == "Failed" or view["active_revision"] != r["revision"]:
+                failed.append(r["name"])
+        if failed:
+            err.print(f"error: not in service: {', '.join(failed)} (see `modelyard describe endpoint NAME`)")
+            raise typer.Exit(1)
+
+
+@app.command()
+def get(
+    kind: Annotated[str, typer.Argument(help="models | endpoints")],
+    name: Annotated[str | None, typer.Argument(help="One resource by name")] = None,
+    output_format: Output = Format.table,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """List models or endpoints (with status and invocation counts)."""
+    with _client(url, state_dir) as client:
+        if _kind(kind) == "model":
+            items = [client.get_model(name)] if name else client.list_models()
+            if not dump(items if not name else items[0], output_format):
+                output.models_table(items)
+        else:
+            items = client.list_endpoints()
+            if name:
+                items = [e for e in items if e["name"] == name]
+                if not items:
+                    client.describe_endpoint(name)  # raises the 404
+            if not dump(items if not name else items[0], output_format):
+                output.endpoints_table(items)
+
+
+@app.command()
+def describe(
+    kind: Annotated[str, typer.Argument(help="model | endpoint")],
+    name: Annotated[str, typer.Argument()],
+    output_format: Output = Format.table,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Show one resource in detail: replicas, revisions, events, failures."""
+    with _client(url, state_dir) as client:
+        if _kind(kind) == "model":
+            view = client.get_model(name)
+            if not dump(view, output_format):
+                dump(view, Format.yaml)
+            return
+        view = client.describe_endpoint(name)
+        if not dump(view, output_format):
+            output.describe_endpoint(view)
+
+
+@app.command()
+def delete(
+    kind: Annotated[str, typer.Argument(help="model | endpoint")],
+    name: Annotated[str, typer.Argument()],
+    wait: Annotated[bool, typer.Option(help="Wait until an endpoint's replicas are stopped")] = True,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Delete a model or an endpoint (endpoints drain their replicas first)."""
+    with _client(url, state_dir) as client:
+        if _kind(kind) == "model":
+            client.delete_model(name)
+        else:
+            client.delete_endpoint(name, wait=wait)
+        out.print(f"{_kind(kind)}/{name} deleted", markup=False)
+
+
+@app.command()
+def invoke(
+    endpoint: Annotated[str, typer.Argument()],
+    body: Annotated[str | None, typer.Option("--body", "-d", help="Request body (text)")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="Read the body from a file ('-' for stdin)")] = None,
+    content_type: Annotated[str, typer.Option(help="Content type of the body")] = "application/json",
+    accept: Annotated[str | None, typer.Option(help="Response encoding")] = None,
+    variant: Annotated[str | None, typer.Option(help="Invoke this variant")] = None,
+    custom_attributes: Annotated[str | None, typer.Option(help="Passed to the model")] = None,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Invoke an endpoint through the gateway and print the answer."""
+    if (body is None) == (file is None):
+        raise typer.BadParameter("give exactly one of --body and --file")
+    if file is not None:
+        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    else:
+        data = (body or "").encode()
+    with _client(url, state_dir) as client:
+        result = client.invoke(
+            endpoint,
+            data,
+            content_type=content_type,
+            accept=accept,
+            variant=variant,
+            custom_attributes=custom_attributes,
+        )
+    if result.content_type.startswith(("application/json", "text/")):
+        out.print(result.body.decode("utf-8", "replace").rstrip(), markup=False)
+    else:
+        sys.stdout.buffer.write(result.body)
+    err.print(f"(variant {result.variant})", style="dim")
+
+
+@app.command()
+def logs(
+    endpoint: Annotated[str, typer.Argument()],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines")] = False,
+    tail: Annotated[int, typer.Option(help="Lines per replica to show first")] = 100,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Print the logs of an endpoint's replicas."""
+    with _client(url, state_dir) as client:
+        page = client.logs(endpoint, tail=tail)
+        for line in page["lines"]:
+            out.print(line, markup=False)
+        while follow:
+            time.sleep(0.5)  # polling the control plane for new lines
+            page = client.logs(endpoint, cursor=page["cursor"])
+            for line in page["lines"]:
+                out.print(line, markup=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except ModelyardError as exc:
+        err.print(f"error: {exc.message}", markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Rendering for the CLI: tables for people, JSON and YAML for programs."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
+def dump(data: Any, fmt: Format) -> bool:
+    """Print data as JSON or YAML; False when the caller should draw a table instead."""
+    if fmt is Format.json:
+        out.print(json.dumps(data, indent=2), markup=False)
+        return True
+    if fmt is Format.yaml:
+        out.print(yaml.safe_dump(data, sort_keys=False).rstrip(), markup=False)
+        return True
+    return False
+
+
+def age(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    seconds = int(time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def table(columns: list[str], rows: list[list[Any]]) -> None:
+    grid = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in columns:
+        grid.add_column(column)
+    for row in rows:
+        grid.add_row(*[str(cell) for cell in row])
+    out.print(grid)
+
+
+def endpoints_table(items: list[dict[str, Any]]) -> None:
+    table(
+        ["NAME", "STATUS", "REVISION", "READY", "INVOCATIONS", "4XX", "5XX", "AGE"],
+        [
+            [
+                e["name"],
+                e["status"],
+                e["revision"],
+                e["replicas_ready"],
+                e["invocations"],
+                e["errors_4xx"],
+                e["errors_5xx"],
+                age(e["created_at"]),
+            ]
+            for e in items
+        ],
+    )
+
+
+def models_table(items: list[dict[str, Any]]) -> None:
+    table(
+        ["NAME", "RUNTIME", "ARTIFACT", "AGE"],
+        [
+            [m["name"], m["spec"]["runtime"], m["spec"].get("artifact") or "-", age(m["created_at"])]
+            for m in items
+        ],
+    )
+
+
+def describe_endpoint(view: dict[str, Any]) -> None:
+    out.print(f"[bold]Endpoint[/bold] {view['name']}")
+    out.print(f"  Status:     {view['status']}" + (f" — {view['message']}" if view["message"] else ""), markup=False)
+    out.print(f"  Revision:   {view['revision']} (serving: {view['active_revision'] or '-'})")
+    out.print(f"  URL:        {view['url']}", markup=False)
+    out.print(
+        f"  Invocations: {view['invocations']}  4xx: {view['errors_4xx']}  5xx: {view['errors_5xx']}"
+    )
+    out.print("  Variants:")
+    for v in view["variants"]:
+        out.print(
+            f"    {v['name']}: model {v['model']}, {v['instance_count']} instance(s), "
+            f"weight {v['weight']:g}, invocations {v['invocations']}",
+            markup=False,
+        )
+        for r in v["replicas"]:
+            line = (
+                f"      {r['id']}  {r['state']:<8} rev {r['revision']}  pid {r['pid'] or '-'}  "
+                f"{r['address'] or '-'}  restarts {r['restarts']}"
+            )
+            out.print(line + (f"  {r['message']}" if r["message"] else ""), markup=False)
+    if view.get("last_log_lines"):
+        out.print("  Last log lines of the failed replica:")
+        for line in view["last_log_lines"]:
+            out.print(f"    {line}", markup=False)
+    out.print("  Revisions:")
+    for rev in view["revisions"]:
+        msg = f" — {rev['message']}" if rev["message"] else ""
+        out.print(f"    {rev['number']}: {rev['state']}{msg}", markup=False)
+    out.print("  Events:")
+    for event in view["events"]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
+        out.print(f"    {stamp}  {event['message']}", markup=False)

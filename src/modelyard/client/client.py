@@ -1,0 +1,246 @@
+"""``modelyard.Client``: every CLI operation, for Python code.
+
+It finds a local server by itself: the URLs in ``<state dir>/server.json`` and the token in
+``<state dir>/token`` (state dir ``./.modelyard`` unless ``MODELYARD_STATE_DIR`` or ``state_dir``
+says otherwise). ``MODELYARD_URL``, ``MODELYARD_GATEWAY_URL`` and ``MODELYARD_TOKEN`` override them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelyard.errors import ModelyardError, PlatformError, UserError, from_payload
+from modelyard.settings import DEFAULT_STATE_DIR, SERVER_FILE, read_token
+from modelyard.spec import Document, load_documents
+
+TERMINAL = ("InService", "Failed")
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeResult:
+    body: bytes
+    content_type: str
+    variant: str
+    custom_attributes: str | None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def locate_server(state_dir: str | Path | None = None) -> tuple[str | None, str | None, str | None]:
+    """(api_url, gateway_url, token) from the environment and the state directory."""
+    folder = Path(state_dir or os.environ.get("MODELYARD_STATE_DIR") or DEFAULT_STATE_DIR)
+    api = os.environ.get("MODELYARD_URL")
+    gateway = os.environ.get("MODELYARD_GATEWAY_URL")
+    try:
+        info = json.loads((folder / SERVER_FILE).read_text())
+        api = api or info.get("api_url")
+        gateway = gateway or info.get("gateway_url")
+    except (OSError, ValueError):
+        pass
+    token = os.environ.get("MODELYARD_TOKEN") or read_token(folder)
+    return api, gateway, token
+
+
+class Client:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        gateway_url: str | None = None,
+        invoke_token: str | None = None,
+        state_dir: str | Path | None = None,
+        timeout_s: float = 70.0,
+    ) -> None:
+        found_api, found_gateway, found_token = locate_server(state_dir)
+        api = url or found_api
+        if not api:
+            raise UserError(
+                "no Modelyard server found: start one with `modelyard server`, or pass the URL "
+                "(--url / MODELYARD_URL)"
+            )
+        self.url = api.rstrip("/")
+        self.gateway_url = (gateway_url or found_gateway or "").rstrip("/")
+        self.token = token or found_token
+        self.invoke_token = invoke_token or os.environ.get("MODELYARD_INVOKE_TOKEN")
+        if self.invoke_token is None:
+            folder = Path(state_dir or os.environ.get("MODELYARD_STATE_DIR") or DEFAULT_STATE_DIR)
+            path = folder / "invoke-token"
+            self.invoke_token = path.read_text().strip() if path.exists() else None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s, trust_env=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # plumbing
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise PlatformError(
+                f"cannot reach the Modelyard control plane at {self.url}: is `modelyard server` running?"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise PlatformError(f"request to {self.url}{path} failed: {exc}") from exc
+        try:
+            payload = resp.json()
+        except ValueError:
+            payload = {"error": {"code": "platform_error", "message": resp.text}}
+        if resp.status_code >= 400:
+            raise from_payload(payload, resp.status_code)
+        return payload
+
+    # resources
+    def apply(self, documents: list[Document] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Create or update resources; returns what happened to each."""
+        raws = [d if isinstance(d, dict) else d.model_dump(mode="json") for d in documents]
+        return list(self._call("POST", "/api/v1/apply", json={"documents": raws})["results"])
+
+    def apply_file(self, path: str | Path) -> list[dict[str, Any]]:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror}") from exc
+        return self.apply(load_documents(text, base_dir=path.parent.resolve(), source=str(path)))
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/models")["items"])
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/v1/models/{name}"))
+
+    def delete_model(self, name: str) -> None:
+        self._call("DELETE", f"/api/v1/models/{name}")
+
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/endpoints")["items"])
+
+    def describe_endpoint(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/v1/endpoints/{name}"))
+
+    def delete_endpoint(self, name: str, *, wait: bool = True, timeout_s: float = 120) -> None:
+        self._call("DELETE", f"/api/v1/endpoints/{name}")
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                self.describe_endpoint(name)
+            except ModelyardError as exc:
+                if getattr(exc, "http_status", 0) == 404:
+                    return
+                raise
+            time.sleep(0.2)  # polling the control plane
+        raise PlatformError(f"endpoint {name!r} was not deleted within {timeout_s:g} s")
+
+    def wait_endpoint(
+        self,
+        name: str,
+        *,
+        timeout_s: float = 300,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        revision: int | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the endpoint is InService (on ``revision`` if given) or Failed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            view = self.describe_endpoint(name)
+            if on_progress:
+                on_progress(view)
+            settled = view["status"] in TERMINAL
+            if revision is not None and view["status"] == "InService":
+                settled = view["active_revision"] == revision or view["revision"] != revision
+            if settled:
+                return view
+            if time.monotonic() > deadline:
+                raise PlatformError(
+                    f"endpoint {name!r} is still {view['status']} after {timeout_s:g} s"
+                )
+            time.sleep(0.25)  # polling the control plane
+
+    def logs(self, name: str, *, tail: int = 100, cursor: dict[str, int] | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"tail": tail}
+        if cursor is not None:
+            params["cursor"] = json.dumps(cursor)
+        return dict(self._call("GET", f"/api/v1/endpoints/{name}/logs", params=params))
+
+    # data plane
+    def invoke(
+        self,
+        endpoint: str,
+        body: bytes | str | Any,
+        *,
+        content_type: str = "application/json",
+        accept: str | None = None,
+        variant: str | None = None,
+        custom_attributes: str | None = None,
+    ) -> InvokeResult:
+        """Invoke an endpoint through the gateway (SageMaker Runtime's InvokeEndpoint)."""
+        if not self.gateway_url:
+            raise UserError("no gateway URL known: pass gateway_url or set MODELYARD_GATEWAY_URL")
+        if isinstance(body, str):
+            data = body.encode()
+        elif isinstance(body, bytes):
+            data = body
+        else:
+            data = json.dumps(body).encode()
+        headers = {"Content-Type": content_type}
+        if accept:
+            headers["Accept"] = accept
+        if variant:
+            headers["X-Amzn-SageMaker-Target-Variant"] = variant
+        if custom_attributes:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = custom_attributes
+        if self.invoke_token:
+            headers["Authorization"] = f"Bearer {self.invoke_token}"
+        url = f"{self.gateway_url}/endpoints/{endpoint}/invocations"
+        try:
+            resp = httpx.post(url, content=data, headers=headers, timeout=self._http.timeout, trust_env=False)
+        except httpx.HTTPError as exc:
+            raise PlatformError(f"cannot reach the gateway at {self.gateway_url}: {exc}") from exc
+        if resp.status_code >= 300:
+            raise _invoke_error(resp)
+        return InvokeResult(
+            body=resp.content,
+            content_type=resp.headers.get("content-type", ""),
+            variant=resp.headers.get("x-amzn-invoked-production-variant", ""),
+            custom_attributes=resp.headers.get("x-amzn-sagemaker-custom-attributes"),
+        )
+
+
+def _invoke_error(resp: httpx.Response) -> ModelyardError:
+    from modelyard import errors
+
+    try:
+        message = resp.json().get("message", resp.text)
+    except ValueError:
+        message = resp.text
+    kind = resp.headers.get("x-amzn-errortype", "")
+    by_status: dict[int, type[ModelyardError]] = {
+        400: errors.InvalidInputError,
+        401: errors.AuthError,
+        404: errors.NotFoundError,
+        413: errors.PayloadTooLargeError,
+        424: errors.ModelInvocationError,
+        503: errors.CapacityError,
+        504: errors.InvocationTimeoutError,
+    }
+    cls = by_status.get(resp.status_code, PlatformError)
+    return cls(f"{kind}: {message}" if kind else str(message))

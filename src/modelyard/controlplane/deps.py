@@ -1,0 +1,37 @@
+"""What routers need from the running control plane, held on ``app.state``."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+
+from modelyard.controlplane.store.repo import Store
+from modelyard.errors import AuthError
+
+
+@dataclass
+class Context:
+    store: Store
+    token: str
+    logs_dir: Path
+    gateway_url: str
+    wake: threading.Event = field(default_factory=threading.Event)
+    clock: Callable[[], float] = time.time
+
+
+def context(request: Request) -> Context:
+    ctx: Context = request.app.state.ctx
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), ctx.token):
+        raise AuthError(
+            "missing or wrong bearer token; the CLI and SDK read it from the server's state "
+            "directory (.modelyard/token), or set MODELYARD_TOKEN"
+        )
+    return ctx

@@ -1,0 +1,80 @@
+"""The control-plane process: the API, the store and the controllers. Started by ``server``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+
+import uvicorn
+
+from modelyard.controlplane.app import create_app
+from modelyard.controlplane.deps import Context
+from modelyard.controlplane.reconcile.endpoints import EndpointController
+from modelyard.controlplane.reconcile.plan import PlanSettings
+from modelyard.controlplane.store.repo import Store
+from modelyard.executors.local import LocalExecutor
+from modelyard.settings import ServerSettings, read_token
+
+
+def watch_parent(stop: threading.Event) -> None:
+    """Exit with the supervisor: if it dies, so do we (replicas are drained on the way out)."""
+    parent = os.getppid()
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="modelyard-controlplane")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = ServerSettings.from_json(os.environ["MODELYARD_SETTINGS"])
+    token = read_token(settings.state_dir)
+    assert token, "the supervisor writes the token before starting the control plane"
+
+    store = Store(settings.store_url)
+    store.migrate()
+    executor = LocalExecutor(settings.run_dir, settings.cache_dir, settings.host)
+    cfg = PlanSettings(
+        drain_delay_s=settings.drain_delay_s,
+        stop_grace_s=settings.stop_grace_s,
+        restart_backoff_s=settings.restart_backoff_s,
+        max_start_attempts=settings.max_start_attempts,
+    )
+    controller = EndpointController(store, executor, settings.logs_dir, cfg)
+    ctx = Context(
+        store=store,
+        token=token,
+        logs_dir=settings.logs_dir,
+        gateway_url=f"http://{settings.host}:{settings.gateway_port}",
+        wake=controller.wake,
+    )
+    stop = threading.Event()
+    loop = threading.Thread(
+        target=controller.run, args=(stop, settings.reconcile_interval_s), daemon=True
+    )
+    loop.start()
+    threading.Thread(target=watch_parent, args=(stop,), daemon=True).start()
+
+    config = uvicorn.Config(
+        create_app(ctx), log_level="warning", access_log=False, lifespan="off", http="httptools"
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[socket.socket(fileno=args.fd)])
+    finally:
+        stop.set()
+        controller.wake.set()
+        loop.join(timeout=10)
+        controller.stop_all(settings.stop_grace_s)
+        store.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Controllers: a pure ``plan(desired, observed) -> actions`` and an applier per resource."""

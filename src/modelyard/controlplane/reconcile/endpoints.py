@@ -1,0 +1,261 @@
+"""The endpoint controller: observe replicas through the executor, plan, apply.
+
+Level-triggered: every tick re-reads the store, so a control plane that dies mid-way resumes where
+it stopped. Executor calls happen outside database transactions (docs/LOCKING.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from modelyard.controlplane.reconcile.plan import (
+    Action,
+    DeleteEndpoint,
+    FailReplica,
+    Forget,
+    MarkExited,
+    MarkReady,
+    Observation,
+    PlanSettings,
+    Restart,
+    Retag,
+    SetEndpoint,
+    Signal,
+    StartNew,
+    Stop,
+    plan,
+)
+from modelyard.controlplane.store.repo import EndpointRecord, ReplicaRecord, Store
+from modelyard.errors import ModelyardError
+from modelyard.executors.base import Executor, ReplicaLaunch, ReplicaProcess
+from modelyard.spec import ModelSpec
+
+log = logging.getLogger("modelyard.controller")
+
+
+def tail_lines(path: str | Path, count: int = 10) -> list[str]:
+    """The last lines of a log file, read from its end (logs can be large)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            data = fh.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-count:]
+
+
+def _proc(rep: ReplicaRecord) -> ReplicaProcess | None:
+    if rep.pid is None or rep.address is None:
+        return None
+    return ReplicaProcess(pid=rep.pid, started_at=rep.pid_started_at or 0.0, address=rep.address)
+
+
+class EndpointController:
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        logs_dir: Path,
+        cfg: PlanSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.logs_dir = logs_dir
+        self.cfg = cfg
+        self.clock = clock
+        self.wake = threading.Event()
+
+    # one pass ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        with self.store.tx() as repo:
+            names = [e.name for e in repo.list_endpoints()]
+        for name in names:
+            try:
+                self.reconcile(name)
+            except ModelyardError as exc:
+                log.error("reconciling endpoint %s failed: %s", name, exc)
+
+    def reconcile(self, name: str) -> None:
+        with self.store.tx() as repo:
+            endpoint = repo.get_endpoint(name)
+            if endpoint is None or endpoint.target_revision == 0:
+                return
+            revisions = {r.number: r for r in repo.list_revisions(name)}
+            replicas = repo.list_replicas(name)
+        observed = {rep.id: self._observe(rep) for rep in replicas}
+        actions = plan(endpoint, revisions, replicas, observed, self.clock(), self.cfg)
+        for action in actions:
+            self._apply(endpoint, {r.id: r for r in replicas}, revisions, action)
+
+    def _observe(self, rep: ReplicaRecord) -> Observation:
+        proc = _proc(rep)
+        if proc is None:
+            return Observation(exit_code=-1, ready=False)
+        if rep.state not in ("starting", "ready", "stopping"):
+            return Observation(exit_code=self.executor.exit_code(proc), ready=False)
+        code = self.executor.exit_code(proc)
+        ready = code is None and rep.state == "starting" and self.executor.ready(proc, 1.0)
+        return Observation(exit_code=code, ready=ready)
+
+    # applying ------------------------------------------------------------------------------
+    def _apply(
+        self,
+        endpoint: EndpointRecord,
+        replicas: dict[str, ReplicaRecord],
+        revisions: dict[int, object],
+        action: Action,
+    ) -> None:
+        now = self.clock()
+        name = endpoint.name
+        rep = replicas.get(getattr(action, "replica_id", ""))
+        match action:
+            case MarkReady(replica_id):
+                self._update(replica_id, state="ready", ever_ready=True, ready_at=now)
+            case MarkExited(replica_id, code, permanent, restart_at):
+                assert rep is not None
+                last = tail_lines(rep.log_path, 1)
+                detail = f"exited with status {code}" + (f": {last[-1]}" if last else "")
+                with self.store.tx() as repo:
+                    repo.update_replica(
+                        replica_id,
+                        state="failed" if permanent else "crashed",
+                        last_exit_code=code,
+                        message=detail,
+                        next_start_at=restart_at,
+                    )
+                    suffix = "" if permanent else f"; restarting in {restart_at - now:.0f} s"  # type: ignore[operator]
+                    repo.add_event(name, f"replica {replica_id} {detail}{suffix}", now)
+            case FailReplica(replica_id, reason):
+                with self.store.tx() as repo:
+                    repo.update_replica(replica_id, state="failed", message=reason)
+                    repo.add_event(name, f"replica {replica_id} {reason}", now)
+            case StartNew(revision, variant):
+                self._start_new(name, revision, variant)
+            case Restart(replica_id):
+                assert rep is not None
+                self._launch(rep.id, name, rep.revision, rep.variant, restart=True)
+            case Stop(replica_id):
+                self._update(replica_id, state="stopping", stop_requested_at=now, signalled=0)
+            case Signal(replica_id, how):
+                assert rep is not None
+                proc = _proc(rep)
+                if proc is not None:
+                    self.executor.signal(proc, how)
+                if rep.state == "stopping":
+                    self._update(replica_id, signalled=rep.signalled + 1)
+            case Forget(replica_id):
+                with self.store.tx() as repo:
+                    repo.delete_replica(replica_id)
+            case Retag(replica_id, revision):
+                self._update(replica_id, revision=revision)
+            case SetEndpoint(status, message, active, target, revision_states):
+                with self.store.tx() as repo:
+                    repo.update_endpoint(
+                        name,
+                        now,
+                        status=status,
+                        message=message,
+                        active_revision=active,
+                        target_revision=target,
+                    )
+                    for number, state, msg in revision_states:
+                        repo.set_revision_state(name, number, state, msg)
+                    if status != endpoint.status:
+                        repo.add_event(name, f"status {status}" + (f": {message}" if message else ""), now)
+            case DeleteEndpoint():
+                with self.store.tx() as repo:
+                    repo.delete_endpoint(name)
+
+    def _update(self, replica_id: str, **values: object) -> None:
+        with self.store.tx() as repo:
+            repo.update_replica(replica_id, **values)
+
+    def _start_new(self, endpoint: str, revision: int, variant: str) -> None:
+        replica_id = "r-" + secrets.token_hex(4)
+        log_path = self.logs_dir / endpoint / f"{replica_id}.log"
+        with self.store.tx() as repo:
+            repo.add_replica(
+                id=replica_id,
+                endpoint=endpoint,
+                revision=revision,
+                variant=variant,
+                state="starting",
+                log_path=str(log_path),
+            )
+        self._launch(replica_id, endpoint, revision, variant, restart=False)
+
+    def _launch(
+        self, replica_id: str, endpoint: str, revision: int, variant: str, *, restart: bool
+    ) -> None:
+        with self.store.tx() as repo:
+            rev = repo.get_revision(endpoint, revision)
+            rep = next(r for r in repo.list_replicas(endpoint) if r.id == replica_id)
+        assert rev is not None
+        vspec = next(v for v in rev.spec["variants"] if v["name"] == variant)
+        model = ModelSpec.model_validate(rev.models[vspec["model"]])
+        launch = ReplicaLaunch(
+            replica_id=replica_id,
+            endpoint=endpoint,
+            variant=variant,
+            model_name=vspec["model"],
+            model=model,
+            log_path=Path(rep.log_path),
+        )
+        now = self.clock()
+        try:
+            proc = self.executor.start(launch)
+        except ModelyardError as exc:
+            with self.store.tx() as repo:
+                repo.update_replica(replica_id, state="failed", message=exc.message)
+                repo.add_event(endpoint, f"replica {replica_id} could not start: {exc.message}", now)
+            return
+        with self.store.tx() as repo:
+            repo.update_replica(
+                replica_id,
+                state="starting",
+                pid=proc.pid,
+                pid_started_at=proc.started_at,
+                address=proc.address,
+                started_at=now,
+                attempts=rep.attempts + 1,
+                restarts=rep.restarts + (1 if restart else 0),
+                next_start_at=None,
+            )
+            verb = "restarted" if restart else "started"
+            repo.add_event(endpoint, f"replica {replica_id} ({variant}) {verb}, pid {proc.pid}", now)
+
+    # the loop ------------------------------------------------------------------------------
+    def run(self, stop: threading.Event, interval_s: float) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep the controller alive; the next tick retries
+                log.exception("controller tick failed")
+            self.wake.wait(interval_s)
+            self.wake.clear()
+
+    def stop_all(self, timeout_s: float) -> None:
+        """Server shutdown: drain every replica (desired state is kept for the next start)."""
+        with self.store.tx() as repo:
+            replicas = repo.list_replicas()
+        procs = [(r, p) for r in replicas if (p := _proc(r)) is not None]
+        for _, proc in procs:
+            self.executor.signal(proc, "term")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self.executor.exit_code(p) is not None for _, p in procs):
+                break
+            self.wake.wait(0.05)
+        for _, proc in procs:
+            self.executor.signal(proc, "kill")
+        with self.store.tx() as repo:
+            for rep, _ in procs:
+                repo.delete_replica(rep.id)

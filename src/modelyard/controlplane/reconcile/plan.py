@@ -1,0 +1,355 @@
+"""The endpoint plan: pure, table-tested. Given an endpoint, its revisions, its replicas and what
+the executor observed of them, it returns the actions that move the world toward the target
+revision. Nothing here does I/O or reads the clock.
+
+Replica states::
+
+    starting ──ready──▶ ready            (process launched; /ping answered)
+    starting|ready ──exit──▶ crashed     (restarted after a backoff)
+    starting ──exit (load error, or too many tries) | startup timeout──▶ failed   (never retried)
+    any ──scale-in, replaced, deleted──▶ stopping ──exit──▶ (row removed)
+
+A new revision is promoted (becomes the routed one) once every variant has ``instance_count``
+ready replicas; replicas of other revisions that run the same model, variant and resources are
+carried over instead of restarted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from modelyard.controlplane.store.repo import EndpointRecord, ReplicaRecord, RevisionRecord
+
+LOAD_ERROR_EXIT = 3  # the model server's exit status for a model that cannot load
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    exit_code: int | None  # None: running
+    ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    drain_delay_s: float
+    stop_grace_s: float
+    restart_backoff_s: tuple[float, ...]
+    max_start_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarkReady:
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkExited:
+    replica_id: str
+    exit_code: int
+    permanent: bool
+    restart_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class FailReplica:
+    replica_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartNew:
+    revision: int
+    variant: str
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    replica_id: str
+    how: Literal["term", "kill"]
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retag:
+    replica_id: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetEndpoint:
+    status: str
+    message: str
+    active_revision: int | None
+    target_revision: int
+    revision_states: tuple[tuple[int, str, str], ...] = ()  # (number, state, message)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteEndpoint:
+    pass
+
+
+Action = (
+    MarkReady
+    | MarkExited
+    | FailReplica
+    | StartNew
+    | Restart
+    | Stop
+    | Signal
+    | Forget
+    | Retag
+    | SetEndpoint
+    | DeleteEndpoint
+)
+
+LIVE = ("starting", "ready", "crashed")
+
+
+def variant_key(revision: RevisionRecord, variant: str) -> str | None:
+    """What a replica runs: two variants with the same key can share replicas."""
+    spec = next((v for v in revision.spec["variants"] if v["name"] == variant), None)
+    if spec is None:
+        return None
+    model = revision.models.get(spec["model"])
+    shape = [variant, spec["model"], model, spec.get("resources"), spec.get("startup_timeout_s")]
+    return json.dumps(shape, sort_keys=True)
+
+
+def _observe(
+    rep: ReplicaRecord,
+    obs: Observation | None,
+    variant_spec: Mapping[str, Any] | None,
+    now: float,
+    cfg: PlanSettings,
+    may_fail: bool = True,
+) -> tuple[str, list[Action]]:
+    """The replica's state after this tick's observation, and the actions that record it.
+
+    ``may_fail`` is False for replicas of the revision being served: those are always restarted
+    (with backoff), since giving up on them would leave the endpoint without capacity.
+    """
+    if obs is None or rep.state not in ("starting", "ready", "stopping"):
+        return rep.state, []
+    if rep.state == "stopping":
+        if obs.exit_code is not None:
+            return "gone", [Forget(rep.id)]
+        assert rep.stop_requested_at is not None
+        waited = now - rep.stop_requested_at
+        if rep.signalled == 0 and waited >= cfg.drain_delay_s:
+            return "stopping", [Signal(rep.id, "term")]
+        if rep.signalled == 1 and waited >= cfg.drain_delay_s + cfg.stop_grace_s:
+            return "stopping", [Signal(rep.id, "kill")]
+        return "stopping", []
+    if obs.exit_code is not None:
+        never_ready = not rep.ever_ready
+        permanent = may_fail and never_ready and (
+            obs.exit_code == LOAD_ERROR_EXIT or rep.attempts >= cfg.max_start_attempts
+        )
+        backoff = cfg.restart_backoff_s[min(rep.restarts, len(cfg.restart_backoff_s) - 1)]
+        restart_at = None if permanent else now + backoff
+        return ("failed" if permanent else "crashed"), [
+            MarkExited(rep.id, obs.exit_code, permanent, restart_at)
+        ]
+    if rep.state == "starting":
+        if obs.ready:
+            return "ready", [MarkReady(rep.id)]
+        timeout = float(variant_spec["startup_timeout_s"]) if variant_spec else 240.0
+        if rep.started_at is not None and now - rep.started_at > timeout:
+            reason = f"did not answer GET /ping within {timeout:g} s"
+            if not may_fail:
+                return "starting", [Signal(rep.id, "kill")]  # seen as an exit next tick
+            return "failed", [FailReplica(rep.id, reason), Signal(rep.id, "kill")]
+    return rep.state, []
+
+
+def _failure_summary(failed: Sequence[ReplicaRecord], reasons: Mapping[str, str]) -> str:
+    rep = failed[0]
+    return f"replica {rep.id} of variant {rep.variant!r} failed: {reasons.get(rep.id, rep.message)}"
+
+
+def plan(
+    endpoint: EndpointRecord,
+    revisions: Mapping[int, RevisionRecord],
+    replicas: Sequence[ReplicaRecord],
+    observed: Mapping[str, Observation],
+    now: float,
+    cfg: PlanSettings,
+) -> list[Action]:
+    actions: list[Action] = []
+    target = revisions[endpoint.target_revision]
+    variants = {v["name"]: v for v in target.spec["variants"]}
+
+    if endpoint.deleting:
+        for rep in replicas:
+            if rep.state == "stopping":
+                actions += _observe(rep, observed.get(rep.id), None, now, cfg)[1]
+            else:
+                actions.append(Stop(rep.id))
+        if not replicas:
+            actions.append(DeleteEndpoint())
+        return actions
+
+    if endpoint.status == "Failed" and endpoint.active_revision is None:
+        # Nothing is retried until the user applies again; only finish stopping what runs.
+        for rep in replicas:
+            if rep.state == "stopping":
+                actions += _observe(rep, observed.get(rep.id), None, now, cfg)[1]
+            else:
+                actions.append(Stop(rep.id))
+        return actions
+
+    state: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for rep in replicas:
+        spec = variants.get(rep.variant) if rep.revision == target.number else None
+        serving = rep.revision == endpoint.active_revision
+        new_state, acts = _observe(rep, observed.get(rep.id), spec, now, cfg, not serving)
+        state[rep.id] = new_state
+        actions += acts
+        for act in acts:
+            if isinstance(act, FailReplica):
+                reasons[rep.id] = act.reason
+            if isinstance(act, MarkExited) and act.permanent:
+                reasons[rep.id] = f"exited with status {act.exit_code} before it was ready"
+
+    keep_revisions = {target.number, endpoint.active_revision}
+    for rep in replicas:
+        if state[rep.id] == "crashed" and rep.revision not in keep_revisions:
+            actions.append(Forget(rep.id))
+            state[rep.id] = "gone"
+
+    failed = [r for r in replicas if r.revision == target.number and state[r.id] == "failed"]
+    promoting = endpoint.active_revision != target.number
+    if failed and promoting:
+        return actions + _fail_revision(endpoint, target, replicas, state, failed, reasons)
+
+    # Replicas of other revisions that run exactly what a target variant needs count toward it.
+    def key_of(rep: ReplicaRecord) -> str | None:
+        rev = revisions.get(rep.revision)
+        return variant_key(rev, rep.variant) if rev else None
+
+    plans: dict[str, tuple[list[ReplicaRecord], list[ReplicaRecord]]] = {}
+    for name in variants:
+        want = variant_key(target, name)
+        own = [r for r in replicas if r.revision == target.number and r.variant == name]
+        carried = [
+            r
+            for r in replicas
+            if r.revision != target.number and state[r.id] in LIVE and key_of(r) == want
+        ]
+        plans[name] = (own, carried)
+
+    all_ready = True
+    for name, (own, carried) in plans.items():
+        count = int(variants[name]["instance_count"])
+        live = [r for r in own if state[r.id] in LIVE] + carried
+        ready = [r for r in live if state[r.id] == "ready"]
+        if len(ready) < count:
+            all_ready = False
+        for _ in range(count - len(live)):
+            actions.append(StartNew(target.number, name))
+        for rep in own:
+            if state[rep.id] == "crashed" and rep.next_start_at is not None:
+                if now >= rep.next_start_at:
+                    actions.append(Restart(rep.id))
+        if len(live) > count and not promoting:
+            # Scale in: stop the least useful first (not ready before ready).
+            extra = sorted(live, key=lambda r: state[r.id] == "ready")[: len(live) - count]
+            actions += [Stop(r.id) for r in extra]
+
+    if promoting and all_ready:
+        return actions + _promote(endpoint, target, variants, replicas, state, plans)
+
+    if not promoting:
+        kept = {r.id for own, carried in plans.values() for r in own + carried}
+        for rep in replicas:
+            if rep.id not in kept and state[rep.id] in (*LIVE, "failed"):
+                actions.append(Stop(rep.id))
+        if endpoint.status != "InService":
+            actions.append(
+                SetEndpoint("InService", endpoint.message, target.number, target.number)
+            )
+    else:
+        status = "Creating" if endpoint.active_revision is None else "Updating"
+        if endpoint.status != status:
+            actions.append(
+                SetEndpoint(status, "", endpoint.active_revision, endpoint.target_revision)
+            )
+    return actions
+
+
+def _promote(
+    endpoint: EndpointRecord,
+    target: RevisionRecord,
+    variants: Mapping[str, Mapping[str, Any]],
+    replicas: Sequence[ReplicaRecord],
+    state: Mapping[str, str],
+    plans: Mapping[str, tuple[list[ReplicaRecord], list[ReplicaRecord]]],
+) -> list[Action]:
+    actions: list[Action] = []
+    kept: set[str] = set()
+    for name, (own, carried) in plans.items():
+        count = int(variants[name]["instance_count"])
+        live = [r for r in own if state[r.id] in LIVE] + carried
+        live.sort(key=lambda r: (state[r.id] != "ready", r.revision != target.number))
+        for rep in live[:count]:
+            kept.add(rep.id)
+            if rep.revision != target.number:
+                actions.append(Retag(rep.id, target.number))
+    for rep in replicas:
+        if rep.id not in kept and state[rep.id] not in ("stopping", "gone"):
+            actions.append(Stop(rep.id))
+    states: list[tuple[int, str, str]] = [(target.number, "active", "")]
+    if endpoint.active_revision is not None:
+        states.append((endpoint.active_revision, "retired", ""))
+    actions.append(SetEndpoint("InService", "", target.number, target.number, tuple(states)))
+    return actions
+
+
+def _fail_revision(
+    endpoint: EndpointRecord,
+    target: RevisionRecord,
+    replicas: Sequence[ReplicaRecord],
+    state: Mapping[str, str],
+    failed: Sequence[ReplicaRecord],
+    reasons: Mapping[str, str],
+) -> list[Action]:
+    """A revision that cannot come up: creation fails the endpoint; an update keeps the old one."""
+    reason = _failure_summary(failed, reasons)
+    actions: list[Action] = [
+        Stop(r.id)
+        for r in replicas
+        if r.revision == target.number and state[r.id] in (*LIVE, "failed")
+    ]
+    rev_state = ((target.number, "failed", reason),)
+    if endpoint.active_revision is None:
+        actions.append(SetEndpoint("Failed", reason, None, target.number, rev_state))
+    else:
+        message = (
+            f"update to revision {target.number} failed ({reason}); "
+            f"still serving revision {endpoint.active_revision}"
+        )
+        actions.append(
+            SetEndpoint(
+                "InService", message, endpoint.active_revision, endpoint.active_revision, rev_state
+            )
+        )
+    return actions

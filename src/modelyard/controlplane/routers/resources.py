@@ -1,0 +1,80 @@
+"""/api/v1: apply, models, endpoints, logs."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query
+
+from modelyard.controlplane.deps import Context, context
+from modelyard.controlplane.services import endpoints, models
+from modelyard.controlplane.services.apply import apply_documents
+from modelyard.errors import InvalidInputError
+from modelyard.spec import parse_documents
+
+router = APIRouter(prefix="/api/v1")
+Ctx = Annotated[Context, Depends(context)]
+
+
+@router.post("/apply", summary="Create or update resources (idempotent, all or nothing)")
+def apply(
+    ctx: Ctx,
+    documents: Annotated[
+        list[dict[str, Any]],
+        Body(embed=True, description="Documents, each {kind, name, spec}"),
+    ],
+) -> dict[str, Any]:
+    docs = parse_documents(documents)
+    results = apply_documents(ctx.store, docs, ctx.clock())
+    ctx.wake.set()
+    return {"results": [r.to_json() for r in results]}
+
+
+@router.get("/models")
+def list_models(ctx: Ctx) -> dict[str, Any]:
+    return {"items": models.list_models(ctx.store)}
+
+
+@router.get("/models/{name}")
+def get_model(ctx: Ctx, name: str) -> dict[str, Any]:
+    return models.get_model(ctx.store, name)
+
+
+@router.delete("/models/{name}")
+def delete_model(ctx: Ctx, name: str) -> dict[str, Any]:
+    models.delete_model(ctx.store, name)
+    return {"deleted": name}
+
+
+@router.get("/endpoints")
+def list_endpoints(ctx: Ctx) -> dict[str, Any]:
+    return {"items": endpoints.list_endpoints(ctx.store)}
+
+
+@router.get("/endpoints/{name}")
+def describe_endpoint(ctx: Ctx, name: str) -> dict[str, Any]:
+    return endpoints.describe_endpoint(ctx.store, name, ctx.gateway_url)
+
+
+@router.delete("/endpoints/{name}", status_code=202)
+def delete_endpoint(ctx: Ctx, name: str) -> dict[str, Any]:
+    endpoints.delete_endpoint(ctx.store, name, ctx.clock())
+    ctx.wake.set()
+    return {"deleting": name}
+
+
+@router.get("/endpoints/{name}/logs")
+def endpoint_logs(
+    ctx: Ctx,
+    name: str,
+    tail: Annotated[int, Query(ge=0, le=10000)] = 100,
+    cursor: Annotated[str | None, Query(description="JSON cursor from a previous call")] = None,
+) -> dict[str, Any]:
+    parsed = None
+    if cursor:
+        try:
+            parsed = {str(k): int(v) for k, v in json.loads(cursor).items()}
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise InvalidInputError("cursor: must be the JSON object a previous call returned") from exc
+    return endpoints.read_logs(ctx.store, ctx.logs_dir, name, tail, parsed)

@@ -1,0 +1,1 @@
+"""Control-plane logic behind the thin routers: validation against the store, revisions, views."""

@@ -1,0 +1,119 @@
+"""Apply: create or update many resources at once, idempotently, all or nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard import storage
+from modelyard.controlplane.store.repo import Repo, Store
+from modelyard.errors import ConflictError, MissingDependencyError, SpecError
+from modelyard.spec import Document, EndpointDocument, ModelDocument, ModelSpec, dump_spec
+
+_RUNTIME_PACKAGES = {"onnx": ("onnxruntime", "onnx")}
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    kind: str
+    name: str
+    action: str  # created | updated | unchanged
+    revision: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "name": self.name, "action": self.action}
+        if self.revision is not None:
+            out["revision"] = self.revision
+        return out
+
+
+def check_model(spec: ModelSpec, field: str) -> None:
+    """What can be checked before a replica starts: the runtime's package and the artifact."""
+    package = _RUNTIME_PACKAGES.get(spec.runtime)
+    if package and importlib.util.find_spec(package[0]) is None:
+        raise MissingDependencyError(*package)
+    if spec.artifact:
+        try:
+            found = storage.exists(spec.artifact)
+        except MissingDependencyError:
+            raise
+        except (ValueError, OSError) as exc:
+            raise SpecError(f"cannot read artifact {spec.artifact!r}: {exc}", f"{field}.artifact") from exc
+        if not found:
+            raise SpecError(f"no artifact at {spec.artifact!r}", f"{field}.artifact")
+
+
+def _models_of(repo: Repo, spec: dict[str, Any]) -> dict[str, Any]:
+    models: dict[str, Any] = {}
+    for variant in spec["variants"]:
+        record = repo.get_model(variant["model"])
+        assert record is not None  # checked before
+        models[variant["model"]] = record.spec
+    return models
+
+
+def _revise(repo: Repo, name: str, spec: dict[str, Any], now: float, force: bool) -> Applied:
+    """Record a new revision when the endpoint spec or one of its models changed."""
+    models = _models_of(repo, spec)
+    endpoint = repo.get_endpoint(name)
+    if endpoint is None:
+        repo.create_endpoint(name, now)
+        repo.add_revision(name, 1, spec, models, now)
+        repo.update_endpoint(name, now, target_revision=1)
+        repo.add_event(name, "created; revision 1", now)
+        return Applied("Endpoint", name, "created", 1)
+    if endpoint.deleting:
+        raise ConflictError(f"endpoint {name!r} is being deleted; apply again once it is gone")
+    current = repo.get_revision(name, endpoint.target_revision)
+    failed = endpoint.status == "Failed"
+    if current and current.spec == spec and current.models == models and not force and not failed:
+        return Applied("Endpoint", name, "unchanged", endpoint.target_revision)
+    number = repo.latest_revision_number(name) + 1
+    repo.add_revision(name, number, spec, models, now)
+    status = "Creating" if endpoint.active_revision is None else "Updating"
+    repo.update_endpoint(name, now, target_revision=number, status=status, message="")
+    repo.add_event(name, f"updated; revision {number}", now)
+    return Applied("Endpoint", name, "updated", number)
+
+
+def apply_documents(store: Store, docs: list[Document], now: float) -> list[Applied]:
+    """Validate every document against the store, then write them in one transaction."""
+    for i, doc in enumerate(docs):
+        if isinstance(doc, ModelDocument):
+            check_model(doc.spec, f"documents[{i}].spec")
+    batch_models = {d.name for d in docs if isinstance(d, ModelDocument)}
+    results: list[Applied] = []
+    with store.tx() as repo:
+        for i, doc in enumerate(docs):
+            if isinstance(doc, EndpointDocument):
+                for j, variant in enumerate(doc.spec.variants):
+                    if variant.model not in batch_models and repo.get_model(variant.model) is None:
+                        raise SpecError(
+                            f"no Model named {variant.model!r}; apply it first or in the same file",
+                            f"documents[{i}].spec.variants[{j}].model",
+                        )
+        changed_models: set[str] = set()
+        for doc in docs:
+            if isinstance(doc, ModelDocument):
+                spec = dump_spec(doc.spec)
+                old = repo.get_model(doc.name)
+                if old is not None and old.spec == spec:
+                    results.append(Applied("Model", doc.name, "unchanged"))
+                    continue
+                repo.put_model(doc.name, spec, now)
+                changed_models.add(doc.name)
+                results.append(Applied("Model", doc.name, "created" if old is None else "updated"))
+        batch_endpoints = set()
+        for doc in docs:
+            if isinstance(doc, EndpointDocument):
+                batch_endpoints.add(doc.name)
+                results.append(_revise(repo, doc.name, dump_spec(doc.spec), now, force=False))
+        # Endpoints not in this batch that run a changed model roll out the new model too.
+        for endpoint in repo.list_endpoints():
+            if endpoint.name in batch_endpoints or endpoint.deleting:
+                continue
+            rev = repo.get_revision(endpoint.name, endpoint.target_revision)
+            if rev and changed_models & {v["model"] for v in rev.spec["variants"]}:
+                results.append(_revise(repo, endpoint.name, rev.spec, now, force=False))
+    return results

@@ -1,0 +1,193 @@
+"""Endpoints: views for get/describe, delete, logs, and the gateway's routing table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from modelyard.controlplane.reconcile.endpoints import tail_lines
+from modelyard.controlplane.store.repo import EndpointRecord, Repo, Store
+from modelyard.errors import NotFoundError
+
+
+def _counts(repo: Repo, name: str) -> dict[str, dict[str, int]]:
+    return {
+        c.variant: {
+            "invocations": c.invocations,
+            "errors_4xx": c.errors_4xx,
+            "errors_5xx": c.errors_5xx,
+        }
+        for c in repo.list_counts(name)
+    }
+
+
+def _summary(repo: Repo, endpoint: EndpointRecord) -> dict[str, Any]:
+    counts = _counts(repo, endpoint.name)
+    replicas = repo.list_replicas(endpoint.name)
+    live = [r for r in replicas if r.revision == endpoint.active_revision]
+    return {
+        "kind": "Endpoint",
+        "name": endpoint.name,
+        "status": endpoint.status,
+        "message": endpoint.message,
+        "revision": endpoint.target_revision,
+        "active_revision": endpoint.active_revision,
+        "replicas_ready": sum(r.state == "ready" for r in live),
+        "invocations": sum(c["invocations"] for c in counts.values()),
+        "errors_4xx": sum(c["errors_4xx"] for c in counts.values()),
+        "errors_5xx": sum(c["errors_5xx"] for c in counts.values()),
+        "created_at": endpoint.created_at,
+        "updated_at": endpoint.updated_at,
+    }
+
+
+def list_endpoints(store: Store) -> list[dict[str, Any]]:
+    with store.tx() as repo:
+        return [_summary(repo, e) for e in repo.list_endpoints()]
+
+
+def describe_endpoint(store: Store, name: str, gateway_url: str) -> dict[str, Any]:
+    with store.tx() as repo:
+        endpoint = repo.get_endpoint(name)
+        if endpoint is None:
+            raise NotFoundError(f"no endpoint named {name!r}")
+        view = _summary(repo, endpoint)
+        revision = repo.get_revision(name, endpoint.target_revision)
+        replicas = repo.list_replicas(name)
+        counts = _counts(repo, name)
+        events = repo.list_events(name)
+        revisions = repo.list_revisions(name)
+    assert revision is not None
+    variants = []
+    for v in revision.spec["variants"]:
+        reps = [r for r in replicas if r.variant == v["name"]]
+        variants.append(
+            {
+                **v,
+                **counts.get(v["name"], {"invocations": 0, "errors_4xx": 0, "errors_5xx": 0}),
+                "replicas": [
+                    {
+                        "id": r.id,
+                        "revision": r.revision,
+                        "state": r.state,
+                        "pid": r.pid,
+                        "address": r.address,
+                        "restarts": r.restarts,
+                        "started_at": r.started_at,
+                        "message": r.message,
+                        **(
+                            {"last_log_lines": tail_lines(r.log_path, 10)}
+                            if r.state in ("failed", "crashed") or r.last_exit_code is not None
+                            else {}
+                        ),
+                    }
+                    for r in reps
+                ],
+            }
+        )
+    failed_logs = [
+        line
+        for r in replicas
+        if r.state == "failed" and r.revision == endpoint.target_revision
+        for line in tail_lines(r.log_path, 10)
+    ]
+    view.update(
+        {
+            "url": f"{gateway_url}/endpoints/{name}/invocations",
+            "spec": revision.spec,
+            "models": revision.models,
+            "variants": variants,
+            "revisions": [
+                {"number": r.number, "state": r.state, "message": r.message, "created_at": r.created_at}
+                for r in revisions
+            ],
+            "events": [{"at": e.at, "message": e.message} for e in events],
+        }
+    )
+    if failed_logs:
+        view["last_log_lines"] = failed_logs
+    return view
+
+
+def delete_endpoint(store: Store, name: str, now: float) -> None:
+    with store.tx() as repo:
+        endpoint = repo.get_endpoint(name)
+        if endpoint is None:
+            raise NotFoundError(f"no endpoint named {name!r}")
+        repo.update_endpoint(name, now, deleting=True, status="Deleting")
+        repo.add_event(name, "deleting", now)
+
+
+def routes(store: Store) -> dict[str, Any]:
+    """The gateway's routing table: per endpoint, the served revision's variants and the
+    addresses of their ready replicas."""
+    table: dict[str, Any] = {}
+    with store.tx() as repo:
+        endpoints = repo.list_endpoints()
+        replicas = repo.list_replicas()
+        for endpoint in endpoints:
+            if endpoint.deleting or endpoint.active_revision is None:
+                continue
+            rev = repo.get_revision(endpoint.name, endpoint.active_revision)
+            if rev is None:
+                continue
+            table[endpoint.name] = {
+                "revision": rev.number,
+                "variants": [
+                    {
+                        "name": v["name"],
+                        "weight": v["weight"],
+                        "replicas": sorted(
+                            r.address
+                            for r in replicas
+                            if r.endpoint == endpoint.name
+                            and r.revision == rev.number
+                            and r.variant == v["name"]
+                            and r.state == "ready"
+                            and r.address
+                        ),
+                    }
+                    for v in rev.spec["variants"]
+                ],
+            }
+    return table
+
+
+def record_counts(store: Store, counts: dict[str, dict[str, list[int]]], now: float) -> None:
+    """Add a gateway's invocation counts: {endpoint: {variant: [invocations, 4xx, 5xx]}}."""
+    if not counts:
+        return
+    with store.tx() as repo:
+        for endpoint, variants in counts.items():
+            for variant, (n, e4, e5) in variants.items():
+                repo.add_counts(endpoint, variant, int(n), int(e4), int(e5), now)
+
+
+def read_logs(
+    store: Store, logs_dir: Path, name: str, tail: int, cursor: dict[str, int] | None
+) -> dict[str, Any]:
+    """Replica log lines of an endpoint. Without a cursor: the last ``tail`` lines of each log;
+    with one: what was written since, and the cursor to pass next time (for --follow)."""
+    with store.tx() as repo:
+        if repo.get_endpoint(name) is None:
+            raise NotFoundError(f"no endpoint named {name!r}")
+    folder = logs_dir / name
+    files = sorted(folder.glob("*.log"), key=os.path.getmtime) if folder.is_dir() else []
+    lines: list[str] = []
+    new_cursor: dict[str, int] = {}
+    for path in files:
+        replica = path.stem
+        size = path.stat().st_size
+        new_cursor[replica] = size
+        if cursor is None:
+            chunk = tail_lines(path, tail)
+        else:
+            start = cursor.get(replica, 0)
+            if start >= size:
+                continue
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                chunk = fh.read(size - start).decode("utf-8", "replace").splitlines()
+        lines += [f"[{replica}] {line}" for line in chunk]
+    return {"lines": lines, "cursor": new_cursor}

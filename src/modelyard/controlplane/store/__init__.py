@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy rows, the repository the services use, and Alembic migrations."""

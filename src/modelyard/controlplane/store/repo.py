@@ -1,0 +1,298 @@
+"""The repository: the only code that touches rows. It hands out frozen records.
+
+Use ``with store.tx() as repo:`` for one transaction. No network or executor call happens inside
+one (docs/LOCKING.md): read, commit, act, then write the result in a new transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from modelyard.controlplane.store.db import make_engine, migrate, session_factory
+from modelyard.controlplane.store.rows import (
+    CounterRow,
+    EndpointRow,
+    EventRow,
+    ModelRow,
+    ReplicaRow,
+    RevisionRow,
+)
+from modelyard.errors import StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    name: str
+    spec: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRecord:
+    name: str
+    status: str
+    message: str
+    target_revision: int
+    active_revision: int | None
+    deleting: bool
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRecord:
+    endpoint: str
+    number: int
+    spec: dict[str, Any]
+    models: dict[str, Any]
+    state: str
+    message: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    id: str
+    endpoint: str
+    revision: int
+    variant: str
+    state: str
+    pid: int | None
+    pid_started_at: float | None
+    address: str | None
+    log_path: str
+    attempts: int
+    restarts: int
+    ever_ready: bool
+    last_exit_code: int | None
+    message: str
+    started_at: float | None
+    ready_at: float | None
+    next_start_at: float | None
+    stop_requested_at: float | None
+    signalled: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    endpoint: str
+    at: float
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class CounterRecord:
+    endpoint: str
+    variant: str
+    invocations: int
+    errors_4xx: int
+    errors_5xx: int
+    last_at: float | None
+
+
+def _record(cls: type[Any], row: Any) -> Any:
+    return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
+
+
+class Repo:
+    """Queries and writes inside one transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    # models
+    def get_model(self, name: str) -> ModelRecord | None:
+        row = self.s.get(ModelRow, name)
+        return _record(ModelRecord, row) if row else None
+
+    def list_models(self) -> list[ModelRecord]:
+        rows = self.s.scalars(select(ModelRow).order_by(ModelRow.name))
+        return [_record(ModelRecord, r) for r in rows]
+
+    def put_model(self, name: str, spec: dict[str, Any], now: float) -> None:
+        row = self.s.get(ModelRow, name)
+        if row is None:
+            self.s.add(ModelRow(name=name, spec=spec, created_at=now, updated_at=now))
+        else:
+            row.spec, row.updated_at = spec, now
+
+    def delete_model(self, name: str) -> None:
+        self.s.execute(delete(ModelRow).where(ModelRow.name == name))
+
+    # endpoints and revisions
+    def get_endpoint(self, name: str) -> EndpointRecord | None:
+        row = self.s.get(EndpointRow, name)
+        return _record(EndpointRecord, row) if row else None
+
+    def list_endpoints(self) -> list[EndpointRecord]:
+        rows = self.s.scalars(select(EndpointRow).order_by(EndpointRow.name))
+        return [_record(EndpointRecord, r) for r in rows]
+
+    def create_endpoint(self, name: str, now: float) -> None:
+        self.s.add(
+            EndpointRow(
+                name=name,
+                status="Creating",
+                message="",
+                target_revision=0,
+                active_revision=None,
+                deleting=False,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self.s.flush()
+
+    def update_endpoint(self, name: str, now: float, **values: Any) -> None:
+        row = self.s.get(EndpointRow, name)
+        if row is None:
+            return
+        for key, value in values.items():
+            setattr(row, key, value)
+        row.updated_at = now
+
+    def delete_endpoint(self, name: str) -> None:
+        for table in (ReplicaRow, RevisionRow):
+            self.s.execute(delete(table).where(table.endpoint == name))
+        self.s.execute(delete(EventRow).where(EventRow.endpoint == name))
+        self.s.execute(delete(CounterRow).where(CounterRow.endpoint == name))
+        self.s.execute(delete(EndpointRow).where(EndpointRow.name == name))
+
+    def add_revision(
+        self, endpoint: str, number: int, spec: dict[str, Any], models: dict[str, Any], now: float
+    ) -> None:
+        self.s.add(
+            RevisionRow(
+                endpoint=endpoint,
+                number=number,
+                spec=spec,
+                models=models,
+                state="pending",
+                message="",
+                created_at=now,
+            )
+        )
+
+    def get_revision(self, endpoint: str, number: int) -> RevisionRecord | None:
+        row = self.s.scalar(
+            select(RevisionRow).where(RevisionRow.endpoint == endpoint, RevisionRow.number == number)
+        )
+        return _record(RevisionRecord, row) if row else None
+
+    def list_revisions(self, endpoint: str) -> list[RevisionRecord]:
+        rows = self.s.scalars(
+            select(RevisionRow).where(RevisionRow.endpoint == endpoint).order_by(RevisionRow.number)
+        )
+        return [_record(RevisionRecord, r) for r in rows]
+
+    def latest_revision_number(self, endpoint: str) -> int:
+        revs = self.list_revisions(endpoint)
+        return revs[-1].number if revs else 0
+
+    def set_revision_state(self, endpoint: str, number: int, state: str, message: str) -> None:
+        row = self.s.scalar(
+            select(RevisionRow).where(RevisionRow.endpoint == endpoint, RevisionRow.number == number)
+        )
+        if row is not None:
+            row.state, row.message = state, message
+
+    # replicas
+    def list_replicas(self, endpoint: str | None = None) -> list[ReplicaRecord]:
+        query = select(ReplicaRow).order_by(ReplicaRow.endpoint, ReplicaRow.id)
+        if endpoint is not None:
+            query = query.where(ReplicaRow.endpoint == endpoint)
+        return [_record(ReplicaRecord, r) for r in self.s.scalars(query)]
+
+    def add_replica(self, **values: Any) -> None:
+        defaults: dict[str, Any] = {
+            "state": "pending",
+            "log_path": "",
+            "attempts": 0,
+            "restarts": 0,
+            "ever_ready": False,
+            "message": "",
+            "signalled": 0,
+        }
+        self.s.add(ReplicaRow(**{**defaults, **values}))
+
+    def update_replica(self, replica_id: str, **values: Any) -> None:
+        row = self.s.get(ReplicaRow, replica_id)
+        if row is not None:
+            for key, value in values.items():
+                setattr(row, key, value)
+
+    def delete_replica(self, replica_id: str) -> None:
+        self.s.execute(delete(ReplicaRow).where(ReplicaRow.id == replica_id))
+
+    # events and counters
+    def add_event(self, endpoint: str, message: str, now: float) -> None:
+        self.s.add(EventRow(endpoint=endpoint, at=now, message=message))
+
+    def list_events(self, endpoint: str, limit: int = 20) -> list[EventRecord]:
+        rows = self.s.scalars(
+            select(EventRow)
+            .where(EventRow.endpoint == endpoint)
+            .order_by(EventRow.id.desc())
+            .limit(limit)
+        )
+        return list(reversed([_record(EventRecord, r) for r in rows]))
+
+    def add_counts(
+        self, endpoint: str, variant: str, invocations: int, e4: int, e5: int, now: float
+    ) -> None:
+        if self.s.get(EndpointRow, endpoint) is None:
+            return  # counts for an endpoint deleted since the gateway counted them
+        row = self.s.get(CounterRow, (endpoint, variant))
+        if row is None:
+            row = CounterRow(
+                endpoint=endpoint, variant=variant, invocations=0, errors_4xx=0, errors_5xx=0
+            )
+            self.s.add(row)
+        row.invocations += invocations
+        row.errors_4xx += e4
+        row.errors_5xx += e5
+        row.last_at = now
+
+    def list_counts(self, endpoint: str | None = None) -> list[CounterRecord]:
+        query = select(CounterRow).order_by(CounterRow.endpoint, CounterRow.variant)
+        if endpoint is not None:
+            query = query.where(CounterRow.endpoint == endpoint)
+        return [_record(CounterRecord, r) for r in self.s.scalars(query)]
+
+
+class Store:
+    """The database behind the control plane: SQLite (WAL) by default, PostgreSQL by URL."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url)
+        self._sessions = session_factory(self.engine)
+
+    def migrate(self) -> None:
+        migrate(self.engine)
+
+    @contextmanager
+    def tx(self) -> Iterator[Repo]:
+        session = self._sessions()
+        try:
+            yield Repo(session)
+            session.commit()
+        except SQLAlchemyError as exc:
+            session.rollback()
+            raise StoreError(f"store error: {exc}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        self.engine.dispose()

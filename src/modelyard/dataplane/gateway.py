@@ -1,0 +1,301 @@
+"""The gateway: SageMaker Runtime's InvokeEndpoint over the routing table, as a bare ASGI app.
+
+This is the hot path: no framework, no per-request validation or info-level logging, one copy of
+the body. It keeps serving from its last routing table (also saved to disk) while the control
+plane is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from modelyard.dataplane import sagemaker as sm
+from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
+
+log = logging.getLogger("modelyard.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_JSON = b"application/json"
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, error_type: str, body: bytes) -> None:
+        self.status, self.error_type, self.body = status, error_type, body
+
+
+def _fail(status: int, error_type: str, message: str) -> GatewayError:
+    return GatewayError(status, error_type, sm.error_body(message))
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        control_url: str,
+        token: str,
+        invoke_token: str | None,
+        routes_file: Path,
+        max_payload_bytes: int,
+        timeout_s: float,
+        sync_interval_s: float,
+    ) -> None:
+        self.control_url = control_url
+        self.token = token
+        self.invoke_token = invoke_token
+        self.routes_file = routes_file
+        self.max_payload = max_payload_bytes
+        self.timeout_s = timeout_s
+        self.sync_interval_s = sync_interval_s
+        self.routes: dict[str, EndpointRoute] = {}
+        self.counts: dict[str, dict[str, list[int]]] = {}
+        self.synced = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+
+    # lifecycle -------------------------------------------------------------------------
+    async def startup(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        self._load_saved_routes()
+        self._sync_task = asyncio.create_task(self._sync_forever())
+
+    async def shutdown(self) -> None:
+        if self._sync_task:
+            self._sync_task.cancel()
+        if self._session:
+            await self._session.close()
+
+    def _load_saved_routes(self) -> None:
+        try:
+            self.routes = build_routes(json.loads(self.routes_file.read_text()), {})
+        except (OSError, ValueError, KeyError):
+            pass
+
+    async def _sync_forever(self) -> None:
+        assert self._session is not None
+        headers = {"Authorization": f"Bearer {self.token}"}
+        url = f"{self.control_url}/internal/v1/gateway/sync"
+        last_table: Any = None
+        while True:
+            counts, self.counts = self.counts, {}
+            try:
+                async with self._session.post(
+                    url, json={"counts": counts}, headers=headers, timeout=aiohttp.ClientTimeout(5)
+                ) as resp:
+                    if resp.status != 200:
+                        raise aiohttp.ClientError(f"sync answered {resp.status}")
+                    table = (await resp.json())["routes"]
+                if table != last_table:
+                    self.routes = build_routes(table, self.routes)
+                    self._save_routes(table)
+                    last_table = table
+                self.synced.set()
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+                self._merge_counts(counts)  # keep them for the next try
+                log.debug("control plane unreachable, serving the last routing table: %s", exc)
+            await asyncio.sleep(self.sync_interval_s)
+
+    def _merge_counts(self, counts: dict[str, dict[str, list[int]]]) -> None:
+        for endpoint, variants in counts.items():
+            for variant, values in variants.items():
+                mine = self.counts.setdefault(endpoint, {}).setdefault(variant, [0, 0, 0])
+                for i, value in enumerate(values):
+                    mine[i] += value
+
+    def _save_routes(self, table: Any) -> None:
+        tmp = self.routes_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(table))
+            os.replace(tmp, self.routes_file)
+        except OSError as exc:
+            log.warning("could not save the routing table: %s", exc)
+
+    def _count(self, endpoint: str, variant: str, status: int) -> None:
+        slot = self.counts.setdefault(endpoint, {}).setdefault(variant, [0, 0, 0])
+        slot[0] += 1
+        if 400 <= status < 500:
+            slot[1] += 1
+        elif status >= 500:
+            slot[2] += 1
+
+    # ASGI ------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path.startswith("/endpoints/") and path.endswith("/invocations"):
+            if scope["method"] != "POST":
+                await _respond(send, 405, sm.error_body("use POST"), sm.VALIDATION)
+                return
+            name = path[len("/endpoints/") : -len("/invocations")]
+            await self._invoke(name, scope, receive, send)
+        elif path in ("/ping", "/healthz"):
+            await _respond(send, 200, b'{"status":"ok"}')
+        else:
+            await _respond(send, 404, sm.error_body(f"no route for {path}"), sm.VALIDATION)
+
+    async def _invoke(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        variant_name = ""
+        try:
+            if self.invoke_token is not None:
+                self._authorize(headers)
+            route = self.routes.get(name)
+            if route is None:
+                raise _fail(404, sm.VALIDATION, f"Endpoint {name} not found.")
+            body = await self._read_body(headers, receive)
+            variant = self._variant(route, headers)
+            variant_name = variant.name
+            status, out_headers, out_body = await self._forward(variant, headers, body)
+        except GatewayError as exc:
+            if name in self.routes:
+                self._count(name, variant_name or "-", exc.status)
+            await _respond(send, exc.status, exc.body, exc.error_type)
+            return
+        self._count(name, variant_name, status)
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": out_body})
+
+    def _authorize(self, headers: dict[bytes, bytes]) -> None:
+        value = headers.get(b"authorization", b"").decode("latin-1")
+        token = ""
+        if value.lower().startswith("bearer "):
+            token = value[7:].strip()
+        elif value.startswith("AWS4-HMAC-SHA256") and "Credential=" in value:
+            # boto3 users put the invoke token in aws_access_key_id.
+            token = value.split("Credential=", 1)[1].split("/", 1)[0]
+        assert self.invoke_token is not None
+        if not token or not hmac.compare_digest(token, self.invoke_token):
+            raise _fail(401, "UnrecognizedClientException", "missing or wrong invoke token")
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        declared = headers.get(b"content-length")
+        too_big = (
+            f"payload larger than the limit of {self.max_payload // (1024 * 1024)} MB"
+        )
+        if declared is not None and int(declared) > self.max_payload:
+            raise _fail(413, sm.VALIDATION, too_big)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _fail(400, sm.VALIDATION, "client disconnected")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > self.max_payload:
+                    raise _fail(413, sm.VALIDATION, too_big)
+                chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _variant(self, route: EndpointRoute, headers: dict[bytes, bytes]) -> VariantRoute:
+        wanted = headers.get(sm.H_TARGET_VARIANT)
+        if wanted is not None:
+            variant = route.variants.get(wanted.decode("latin-1"))
+            if variant is None:
+                known = ", ".join(route.variants)
+                raise _fail(
+                    400,
+                    sm.VALIDATION,
+                    f"Variant {wanted.decode('latin-1')} not found for endpoint {route.name} "
+                    f"(variants: {known}).",
+                )
+            return variant
+        chosen = route.choose_variant()
+        if chosen is None:
+            raise _fail(503, sm.SERVICE_UNAVAILABLE, f"endpoint {route.name} has no weighted variant")
+        return chosen
+
+    async def _forward(
+        self, variant: VariantRoute, headers: dict[bytes, bytes], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        assert self._session is not None
+        upstream_headers = {"Content-Type": headers.get(b"content-type", _JSON).decode("latin-1")}
+        for key in (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID):
+            if key in headers:
+                upstream_headers[key.decode()] = headers[key].decode("latin-1")
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        tried: Upstream | None = None
+        for _attempt in range(2):
+            upstream = variant.choose(exclude=tried)
+            if upstream is None:
+                raise _fail(
+                    503,
+                    sm.SERVICE_UNAVAILABLE,
+                    f"variant {variant.name} has no ready replica; try again shortly",
+                )
+            upstream.outstanding += 1
+            try:
+                async with self._session.post(
+                    upstream.address + "/invocations",
+                    data=body,
+                    headers=upstream_headers,
+                    timeout=timeout,
+                ) as resp:
+                    payload = await resp.read()
+                    status = resp.status
+                    content_type = resp.headers.get("Content-Type", "application/json")
+                    attrs = resp.headers.get("X-Amzn-SageMaker-Custom-Attributes")
+            except _RETRYABLE:
+                tried = upstream  # the replica is gone or going: one more try elsewhere
+                continue
+            except asyncio.TimeoutError as exc:
+                raise _fail(
+                    504,
+                    sm.MODEL_ERROR,
+                    f"the model did not answer within {self.timeout_s:g} s",
+                ) from exc
+            finally:
+                upstream.outstanding -= 1
+            if status >= 300:
+                raise GatewayError(424, sm.MODEL_ERROR, sm.model_error_body(variant.name, status, payload))
+            out = [
+                (b"content-type", content_type.encode("latin-1")),
+                (sm.H_INVOKED_VARIANT, variant.name.encode()),
+            ]
+            if attrs is not None:
+                out.append((sm.H_CUSTOM_ATTRIBUTES, attrs.encode("latin-1")))
+            return status, out, payload
+        raise _fail(503, sm.SERVICE_UNAVAILABLE, f"no replica of variant {variant.name} answered")
+
+
+async def _respond(send: Send, status: int, body: bytes, error_type: str | None = None) -> None:
+    headers = [(b"content-type", _JSON)]
+    if error_type is not None:
+        headers.append((sm.H_ERROR_TYPE, error_type.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,310 @@
+"""The model server: Modelyard's replica for the built-in runtimes.
+
+It loads one model before it serves, then answers the replica contract over HTTP (or a Unix
+socket): ``GET /ping`` (also ``/health``) is 200 once the model is loaded, ``POST /invocations``
+decodes the body by Content-Type, runs ``runtime.predict`` in a worker thread and encodes the
+answer by Accept. Errors are ``{"error": {"code", "message"}}`` with the error's HTTP status; an
+exception from the model is 424 ``model_error``. The app is a bare ASGI callable under uvicorn:
+this is the hot path, so no framework.
+
+Run it as ``python -m modelyard.dataplane.modelserver --model-spec-file PATH --port N``; the spec
+file is JSON ``{"name": ..., "spec": {...ModelSpec...}}``. Exit status: 0 after SIGTERM, 1 when
+it cannot start (say, the port is taken), 3 when the model cannot be loaded (a bad spec, a
+missing or corrupt artifact, a missing dependency): the supervisor must not retry that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path, PurePosixPath
+from types import FrameType
+from typing import Any
+
+import fsspec
+import pydantic
+import uvicorn
+from fsspec.implementations.local import LocalFileSystem
+
+from modelyard.dataplane import codecs
+from modelyard.errors import ModelInvocationError, ModelyardError, RuntimeLoadError, SpecError
+from modelyard.runtimes import Runtime, get_runtime_class
+from modelyard.spec import ModelSpec
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+EXIT_STARTUP_FAILED = 1
+EXIT_LOAD_FAILED = 3
+
+_JSON = codecs.JSON.encode()
+_CUSTOM_ATTRIBUTES = b"x-amzn-sagemaker-custom-attributes"
+_PING = b'{"status":"ok"}'
+
+
+class _Disconnected(Exception):
+    """The client went away before its request body arrived."""
+
+
+class ReplicaApp:
+    """The ASGI app of one replica, serving a loaded :class:`Runtime`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        # Runtimes that take JSON values as they are (python predictors) say so.
+        self.to_array = bool(getattr(runtime, "array_inputs", True))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # uvicorn runs with lifespan off
+            return
+        path, method = scope["path"], scope["method"]
+        if path == "/invocations":
+            if method == "POST":
+                await self._invoke(scope, receive, send)
+            else:
+                await _not_allowed(send, b"POST")
+        elif path in ("/ping", "/health"):
+            if method in ("GET", "HEAD"):
+                await _respond(send, 200, _PING, _JSON)
+            else:
+                await _not_allowed(send, b"GET, HEAD")
+        else:
+            await _error(
+                send,
+                404,
+                "not_found",
+                f"no route {path}; the replica serves /ping and /invocations",
+            )
+
+    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = accept = None
+        echo: list[tuple[bytes, bytes]] = []
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value.decode("latin-1")
+            elif key == b"accept":
+                accept = value.decode("latin-1")
+            elif key == _CUSTOM_ATTRIBUTES:
+                echo.append((_CUSTOM_ATTRIBUTES, value))
+        try:
+            body = await _read_body(receive)
+        except _Disconnected:
+            return
+        try:
+            media = codecs.negotiate(accept)  # refuse an unknown Accept before running the model
+            loop = asyncio.get_running_loop()
+            payload = await loop.run_in_executor(None, self._answer, body, content_type, media)
+        except ModelyardError as exc:
+            await _error(send, exc.http_status, exc.code, exc.message, echo)
+            return
+        await _respond(send, 200, payload, media.encode(), echo)
+
+    def _answer(self, body: bytes, content_type: str | None, media: str) -> bytes:
+        """decode → predict → encode, in a worker thread; the model's failures become 424."""
+        inputs = codecs.decode(body, content_type, to_array=self.to_array)
+        try:
+            outputs = self.runtime.predict(inputs)
+        except ModelyardError:
+            raise
+        except (
+            Exception
+        ) as exc:  # the model raised: the caller gets its error, as the contract says
+            raise ModelInvocationError(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            payload, _ = codecs.encode(outputs, media)
+        except ModelyardError:
+            raise
+        except Exception as exc:  # the model answered something no codec can write
+            raise ModelInvocationError(
+                f"cannot encode the model's output as {media}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return payload
+
+
+def build_app(runtime: Runtime) -> ASGIApp:
+    """The replica's ASGI app for a loaded runtime."""
+    return ReplicaApp(runtime)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _Disconnected
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _error(
+    send: Send, status: int, code: str, message: str, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await _respond(send, status, body, _JSON, extra)
+
+
+async def _not_allowed(send: Send, allow: bytes) -> None:
+    await _error(send, 405, "method_not_allowed", f"allowed: {allow.decode()}", [(b"allow", allow)])
+
+
+# -- start-up ------------------------------------------------------------------------------------
+
+
+def read_model_spec(path: Path) -> tuple[str, ModelSpec]:
+    """``(name, spec)`` from a spec file; SpecError when it is not a valid model spec."""
+    try:
+        document = json.loads(path.read_text())
+        return str(document.get("name", "")), ModelSpec.model_validate(document["spec"])
+    except (ValueError, KeyError, TypeError, AttributeError, pydantic.ValidationError) as exc:
+        raise SpecError(f"{path} is not a model spec file: {type(exc).__name__}: {exc}") from exc
+
+
+def fetch_artifact(uri: str, cache_dir: Path) -> Path:
+    """A local path holding the artifact at ``uri``.
+
+    A local URI (a path or ``file://``) is used where it lies; any other fsspec URI is copied,
+    file or directory, into ``cache_dir/<sha256 of uri>/<its base name>`` once and reused.
+    """
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:  # unknown protocol, or its driver not installed
+        raise RuntimeLoadError(f"cannot open artifact {uri}: {exc}") from exc
+    if isinstance(fs, LocalFileSystem):
+        local = Path(path)
+        if not local.exists():
+            raise RuntimeLoadError(f"artifact not found: {uri}")
+        return local
+    dest = cache_dir / hashlib.sha256(uri.encode()).hexdigest()
+    name = PurePosixPath(path.rstrip("/")).name or "artifact"
+    if dest.is_dir():
+        return dest / name
+    if not fs.exists(path):
+        raise RuntimeLoadError(f"artifact not found: {uri}")
+    # Other failures while copying (network, permissions) propagate: they may pass, so the
+    # replica exits 1 and the supervisor retries, unlike a missing artifact.
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache_dir))
+    try:
+        fs.get(path, str(partial / name), recursive=fs.isdir(path))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    try:
+        partial.rename(dest)  # atomic: a reader sees the whole copy or none
+    except OSError:  # another replica finished the same copy first
+        shutil.rmtree(partial, ignore_errors=True)
+    return dest / name
+
+
+def load_runtime(spec: ModelSpec, cache_dir: Path) -> Runtime:
+    """The spec's runtime with its model loaded; raises ModelyardError when it cannot be."""
+    runtime = get_runtime_class(spec.runtime)(spec)
+    if not spec.artifact:
+        raise SpecError("the model server needs an artifact", "spec.artifact")
+    runtime.load(fetch_artifact(spec.artifact, cache_dir))
+    return runtime
+
+
+class _Server(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            _say(f"ready on {self._address()}")
+
+    def _address(self) -> str:
+        if self.config.uds:
+            return f"unix:{self.config.uds}"
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+
+def _say(line: str) -> None:
+    print(f"modelyard-replica: {line}", file=sys.stderr, flush=True)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Stops a load in progress; once serving, uvicorn takes SIGTERM, shuts down gracefully and
+    # re-raises it on its way out, which lands here too: exit 0 either way.
+    raise SystemExit(0)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="modelyard-replica", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-spec-file", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    parser.add_argument("--uds", default=None, help="serve on this Unix socket instead")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "modelyard-artifacts",
+        help="where artifacts with non-local URIs are copied",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Load the model, then serve until SIGTERM. Returns the exit status."""
+    args = _parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _, spec = read_model_spec(args.model_spec_file)
+        os.environ.update(spec.environment)
+        runtime = load_runtime(spec, args.cache_dir)
+    except ModelyardError as exc:
+        _say(f"load failed: {exc.message}")
+        return EXIT_LOAD_FAILED
+    except Exception as exc:  # a defect, not a bad model: report it and let the supervisor retry
+        _say(f"startup failed: {type(exc).__name__}: {exc}")
+        return EXIT_STARTUP_FAILED
+    config = uvicorn.Config(
+        build_app(runtime),
+        host=args.host,
+        port=args.port,
+        uds=args.uds,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
+    server = _Server(config)
+    server.run()
+    return 0 if server.started else EXIT_STARTUP_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

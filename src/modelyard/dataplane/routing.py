@@ -1,0 +1,88 @@
+"""The gateway's routing table and choices: weighted variant, least-outstanding replica."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Upstream:
+    """One ready replica; ``outstanding`` counts requests sent and not yet answered."""
+
+    address: str
+    outstanding: int = 0
+
+
+@dataclass(slots=True)
+class VariantRoute:
+    name: str
+    weight: float
+    replicas: list[Upstream]
+    _turn: itertools.count[int] = field(default_factory=itertools.count)
+
+    def choose(self, exclude: Upstream | None = None) -> Upstream | None:
+        """The replica with the fewest outstanding requests; ties rotate so load spreads."""
+        reps = self.replicas
+        n = len(reps)
+        if n == 0:
+            return None
+        start = next(self._turn) % n
+        best: Upstream | None = None
+        for i in range(n):
+            rep = reps[(start + i) % n]
+            if rep is exclude:
+                continue
+            if best is None or rep.outstanding < best.outstanding:
+                best = rep
+        return best
+
+
+@dataclass(slots=True)
+class EndpointRoute:
+    name: str
+    revision: int
+    variants: dict[str, VariantRoute]
+    _cumulative: list[float] = field(default_factory=list)
+    _order: list[VariantRoute] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        total = 0.0
+        for variant in self.variants.values():
+            if variant.weight > 0:
+                total += variant.weight
+                self._cumulative.append(total)
+                self._order.append(variant)
+
+    def choose_variant(self, rand: Callable[[], float] = random.random) -> VariantRoute | None:
+        """A variant picked in proportion to its weight."""
+        if not self._order:
+            return None
+        point = rand() * self._cumulative[-1]
+        index = bisect.bisect_right(self._cumulative, point)
+        return self._order[min(index, len(self._order) - 1)]
+
+
+def build_routes(
+    table: dict[str, Any], previous: dict[str, EndpointRoute]
+) -> dict[str, EndpointRoute]:
+    """Build routes from the control plane's table, keeping the outstanding counts of replicas
+    that stay (so least-outstanding choice is not reset by every refresh)."""
+    known: dict[str, Upstream] = {
+        up.address: up
+        for route in previous.values()
+        for variant in route.variants.values()
+        for up in variant.replicas
+    }
+    routes: dict[str, EndpointRoute] = {}
+    for name, entry in table.items():
+        variants = {}
+        for v in entry["variants"]:
+            ups = [known.get(addr) or Upstream(addr) for addr in v["replicas"]]
+            variants[v["name"]] = VariantRoute(v["name"], float(v["weight"]), ups)
+        routes[name] = EndpointRoute(name, int(entry["revision"]), variants)
+    return routes

@@ -1,0 +1,48 @@
+"""The executor seam: start a replica, watch it, signal it. Controllers know nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from modelyard.spec import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLaunch:
+    """Everything needed to start one replica of one variant."""
+
+    replica_id: str
+    endpoint: str
+    variant: str
+    model_name: str
+    model: ModelSpec
+    log_path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaProcess:
+    """A started replica as the executor knows it. ``started_at`` guards against pid reuse."""
+
+    pid: int
+    started_at: float
+    address: str
+
+
+class Executor(Protocol):
+    def start(self, launch: ReplicaLaunch) -> ReplicaProcess:
+        """Start a replica; return at once (readiness is observed with :meth:`ready`)."""
+        ...
+
+    def exit_code(self, proc: ReplicaProcess) -> int | None:
+        """None while the replica runs; its exit status once it ended (-1 when unknown)."""
+        ...
+
+    def ready(self, proc: ReplicaProcess, timeout_s: float) -> bool:
+        """Whether the replica answers ``GET /ping`` with 200."""
+        ...
+
+    def signal(self, proc: ReplicaProcess, how: Literal["term", "kill"]) -> None:
+        """Ask the replica to stop (drain and exit) or kill it; never raises for a gone process."""
+        ...

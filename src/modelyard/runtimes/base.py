@@ -1,0 +1,37 @@
+"""The runtime contract: a framework adapter that loads a model once and answers predictions.
+
+A runtime is a small plugin. The model server builds one per replica with the model's spec, calls
+:meth:`Runtime.load` once with a local directory or file holding the artifact, then calls
+:meth:`Runtime.predict` per request (from a worker thread, never on the event loop).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from modelyard.spec import ModelSpec
+
+
+class Runtime(ABC):
+    """Subclass to add a framework. ``name`` is the value of ``spec.runtime`` it serves."""
+
+    name: str = ""
+    #: True when ``predict`` on N rows costs about what it costs on one (adaptive batching uses it).
+    can_batch: bool = False
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def load(self, artifact: Path) -> None:
+        """Load the model from a local file or directory; raise RuntimeLoadError when it cannot."""
+
+    @abstractmethod
+    def predict(self, inputs: Any) -> Any:
+        """Answer for decoded inputs (a numpy array or a JSON value); return array-like or JSON.
+
+        Raise InvalidInputError for inputs the model cannot take; any other exception is reported
+        to the caller as the model's error (HTTP 424).
+        """

@@ -1,0 +1,86 @@
+"""Typed settings, built once at start-up and passed down (nothing here reads the environment at
+import time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_STATE_DIR = ".modelyard"
+DEFAULT_API_PORT = 8700
+DEFAULT_GATEWAY_PORT = 8701
+TOKEN_FILE = "token"
+SERVER_FILE = "server.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What ``modelyard server`` runs with; every process of the server gets the same values."""
+
+    state_dir: Path
+    store_url: str
+    host: str = "127.0.0.1"
+    api_port: int = DEFAULT_API_PORT
+    gateway_port: int = DEFAULT_GATEWAY_PORT
+    require_invoke_token: bool = False
+    invocation_timeout_s: float = 60.0
+    max_payload_bytes: int = 25 * 1024 * 1024
+    reconcile_interval_s: float = 0.5
+    route_sync_interval_s: float = 0.25
+    drain_delay_s: float = 1.5
+    stop_grace_s: float = 30.0
+    restart_backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
+    max_start_attempts: int = 3
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    def to_json(self) -> str:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data["state_dir"] = str(self.state_dir)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerSettings:
+        data = json.loads(text)
+        data["state_dir"] = Path(data["state_dir"])
+        data["restart_backoff_s"] = tuple(data["restart_backoff_s"])
+        return cls(**data)
+
+
+def default_store_url(state_dir: Path) -> str:
+    return f"sqlite:///{(state_dir / 'modelyard.db').resolve()}"
+
+
+def ensure_token(state_dir: Path) -> str:
+    """The control-plane token: generated on first start, stored with mode 0600."""
+    path = state_dir / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def read_token(state_dir: Path) -> str | None:
+    path = state_dir / TOKEN_FILE
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None

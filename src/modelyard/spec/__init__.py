@@ -1,0 +1,33 @@
+"""Resource specs (pydantic models), YAML loading and error translation."""
+
+from modelyard.spec.documents import load_documents, parse_document, parse_documents
+from modelyard.spec.resources import (
+    KINDS,
+    RUNTIMES,
+    ContainerSpec,
+    Document,
+    EndpointDocument,
+    EndpointSpec,
+    ModelDocument,
+    ModelSpec,
+    ResourcesSpec,
+    VariantSpec,
+    dump_spec,
+)
+
+__all__ = [
+    "KINDS",
+    "RUNTIMES",
+    "ContainerSpec",
+    "Document",
+    "EndpointDocument",
+    "EndpointSpec",
+    "ModelDocument",
+    "ModelSpec",
+    "ResourcesSpec",
+    "VariantSpec",
+    "dump_spec",
+    "load_documents",
+    "parse_document",
+    "parse_documents",
+]
