@@ -8,6 +8,7 @@ request that arrives in between waits in the socket's backlog instead of being r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -116,10 +117,8 @@ class Supervisor:
         self.echo(f"State: {s.state_dir}   Token: {s.state_dir / 'token'}   Ctrl-C stops.")
         code = self._watch(settings_json)
         self._stop_children()
-        try:
+        with contextlib.suppress(OSError):
             server_file.unlink()
-        except OSError:
-            pass
         for child in self.children:
             child.sock.close()
         return code

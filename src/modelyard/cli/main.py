@@ -24,7 +24,11 @@ app = typer.Typer(
 
 StateDir = Annotated[
     Path | None,
-    typer.Option("--state-dir", envvar="MODELYARD_STATE_DIR", help="Server state directory [default: ./.modelyard]"),
+    typer.Option(
+        "--state-dir",
+        envvar="MODELYARD_STATE_DIR",
+        help="Server state directory [default: ./.modelyard]",
+    ),
 ]
 Url = Annotated[str | None, typer.Option("--url", envvar="MODELYARD_URL", help="Control-plane URL")]
 Output = Annotated[Format, typer.Option("-o", "--output", help="Output format")]
@@ -69,7 +73,9 @@ def server(
     state_dir: StateDir = None,
     store_url: Annotated[
         str | None,
-        typer.Option(help="Store URL: sqlite:///path or postgresql://user@host/db [default: SQLite in the state dir]"),
+        typer.Option(
+            help="Store URL: sqlite:///path or postgresql://user@host/db [default: SQLite in the state dir]"
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Control-plane API port (0 = any free port)")] = 8700,
@@ -77,7 +83,9 @@ def server(
     require_invoke_token: Annotated[
         bool, typer.Option(help="Require the invoke token (state dir: invoke-token) on invocations")
     ] = False,
-    invocation_timeout: Annotated[float, typer.Option(help="Seconds a model may take to answer")] = 60.0,
+    invocation_timeout: Annotated[
+        float, typer.Option(help="Seconds a model may take to answer")
+    ] = 60.0,
 ) -> None:
     """Start the control plane and the gateway; Ctrl-C stops everything."""
     from modelyard.server import Supervisor
@@ -119,7 +127,9 @@ def _progress_printer() -> Any:
 
 @app.command()
 def apply(
-    file: Annotated[Path, typer.Option("-f", "--file", help="YAML file with one or more documents")],
+    file: Annotated[
+        Path, typer.Option("-f", "--file", help="YAML file with one or more documents")
+    ],
     wait: Annotated[bool, typer.Option(help="Wait until endpoints are InService")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait")] = 300,
     output_format: Output = Format.table,
@@ -140,12 +150,17 @@ def apply(
             if r["kind"] != "Endpoint":
                 continue
             view = client.wait_endpoint(
-                r["name"], timeout_s=timeout, on_progress=_progress_printer(), revision=r["revision"]
+                r["name"],
+                timeout_s=timeout,
+                on_progress=_progress_printer(),
+                revision=r["revision"],
             )
             if view["status"] == "Failed" or view["active_revision"] != r["revision"]:
                 failed.append(r["name"])
         if failed:
-            err.print(f"error: not in service: {', '.join(failed)} (see `modelyard describe endpoint NAME`)")
+            err.print(
+                f"error: not in service: {', '.join(failed)} (see `modelyard describe endpoint NAME`)"
+            )
             raise typer.Exit(1)
 
 
@@ -197,7 +212,9 @@ def describe(
 def delete(
     kind: Annotated[str, typer.Argument(help="model | endpoint")],
     name: Annotated[str, typer.Argument()],
-    wait: Annotated[bool, typer.Option(help="Wait until an endpoint's replicas are stopped")] = True,
+    wait: Annotated[
+        bool, typer.Option(help="Wait until an endpoint's replicas are stopped")
+    ] = True,
     url: Url = None,
     state_dir: StateDir = None,
 ) -> None:
@@ -214,8 +231,12 @@ def delete(
 def invoke(
     endpoint: Annotated[str, typer.Argument()],
     body: Annotated[str | None, typer.Option("--body", "-d", help="Request body (text)")] = None,
-    file: Annotated[Path | None, typer.Option("--file", help="Read the body from a file ('-' for stdin)")] = None,
-    content_type: Annotated[str, typer.Option(help="Content type of the body")] = "application/json",
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Read the body from a file ('-' for stdin)")
+    ] = None,
+    content_type: Annotated[
+        str, typer.Option(help="Content type of the body")
+    ] = "application/json",
     accept: Annotated[str | None, typer.Option(help="Response encoding")] = None,
     variant: Annotated[str | None, typer.Option(help="Invoke this variant")] = None,
     custom_attributes: Annotated[str | None, typer.Option(help="Passed to the model")] = None,

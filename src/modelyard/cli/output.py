@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import yaml
@@ -15,7 +15,7 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
     yaml = "yaml"
@@ -74,7 +74,12 @@ def models_table(items: list[dict[str, Any]]) -> None:
     table(
         ["NAME", "RUNTIME", "ARTIFACT", "AGE"],
         [
-            [m["name"], m["spec"]["runtime"], m["spec"].get("artifact") or "-", age(m["created_at"])]
+            [
+                m["name"],
+                m["spec"]["runtime"],
+                m["spec"].get("artifact") or "-",
+                age(m["created_at"]),
+            ]
             for m in items
         ],
     )
@@ -82,7 +87,10 @@ def models_table(items: list[dict[str, Any]]) -> None:
 
 def describe_endpoint(view: dict[str, Any]) -> None:
     out.print(f"[bold]Endpoint[/bold] {view['name']}")
-    out.print(f"  Status:     {view['status']}" + (f" — {view['message']}" if view["message"] else ""), markup=False)
+    out.print(
+        f"  Status:     {view['status']}" + (f" — {view['message']}" if view["message"] else ""),
+        markup=False,
+    )
     out.print(f"  Revision:   {view['revision']} (serving: {view['active_revision'] or '-'})")
     out.print(f"  URL:        {view['url']}", markup=False)
     out.print(

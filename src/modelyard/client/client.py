@@ -77,7 +77,9 @@ class Client:
             path = folder / "invoke-token"
             self.invoke_token = path.read_text().strip() if path.exists() else None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s, trust_env=False)
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout_s, trust_env=False
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -175,7 +177,9 @@ class Client:
                 )
             time.sleep(0.25)  # polling the control plane
 
-    def logs(self, name: str, *, tail: int = 100, cursor: dict[str, int] | None = None) -> dict[str, Any]:
+    def logs(
+        self, name: str, *, tail: int = 100, cursor: dict[str, int] | None = None
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {"tail": tail}
         if cursor is not None:
             params["cursor"] = json.dumps(cursor)
@@ -212,7 +216,9 @@ class Client:
             headers["Authorization"] = f"Bearer {self.invoke_token}"
         url = f"{self.gateway_url}/endpoints/{endpoint}/invocations"
         try:
-            resp = httpx.post(url, content=data, headers=headers, timeout=self._http.timeout, trust_env=False)
+            resp = httpx.post(
+                url, content=data, headers=headers, timeout=self._http.timeout, trust_env=False
+            )
         except httpx.HTTPError as exc:
             raise PlatformError(f"cannot reach the gateway at {self.gateway_url}: {exc}") from exc
         if resp.status_code >= 300:

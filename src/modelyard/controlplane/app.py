@@ -34,7 +34,9 @@ def create_app(ctx: Context) -> FastAPI:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         field = _field_path(tuple(first.get("loc", ())))
-        body = {"error": {"code": "spec_invalid", "message": f"{field}: {first['msg']}", "field": field}}
+        body = {
+            "error": {"code": "spec_invalid", "message": f"{field}: {first['msg']}", "field": field}
+        }
         return JSONResponse(body, status_code=400)
 
     @app.get("/healthz", include_in_schema=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import threading
 
@@ -17,23 +16,15 @@ from modelyard.controlplane.reconcile.endpoints import EndpointController
 from modelyard.controlplane.reconcile.plan import PlanSettings
 from modelyard.controlplane.store.repo import Store
 from modelyard.executors.local import LocalExecutor
+from modelyard.process import absorb_reraised_signals, quiet_logging, watch_parent
 from modelyard.settings import ServerSettings, read_token
-
-
-def watch_parent(stop: threading.Event) -> None:
-    """Exit with the supervisor: if it dies, so do we (replicas are drained on the way out)."""
-    parent = os.getppid()
-    while not stop.wait(1.0):
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="modelyard-controlplane")
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    quiet_logging(logging.INFO)
     settings = ServerSettings.from_json(os.environ["MODELYARD_SETTINGS"])
     token = read_token(settings.state_dir)
     assert token, "the supervisor writes the token before starting the control plane"
@@ -66,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         create_app(ctx), log_level="warning", access_log=False, lifespan="off", http="httptools"
     )
     server = uvicorn.Server(config)
+    absorb_reraised_signals()
     try:
         server.run(sockets=[socket.socket(fileno=args.fd)])
     finally:

@@ -8,6 +8,7 @@ plane is away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
 from modelyard.dataplane import sagemaker as sm
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
@@ -81,10 +81,8 @@ class Gateway:
             await self._session.close()
 
     def _load_saved_routes(self) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             self.routes = build_routes(json.loads(self.routes_file.read_text()), {})
-        except (OSError, ValueError, KeyError):
-            pass
 
     async def _sync_forever(self) -> None:
         assert self._session is not None
@@ -105,7 +103,7 @@ class Gateway:
                     self._save_routes(table)
                     last_table = table
                 self.synced.set()
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
                 self._merge_counts(counts)  # keep them for the next try
                 log.debug("control plane unreachable, serving the last routing table: %s", exc)
             await asyncio.sleep(self.sync_interval_s)
@@ -201,9 +199,7 @@ class Gateway:
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")
-        too_big = (
-            f"payload larger than the limit of {self.max_payload // (1024 * 1024)} MB"
-        )
+        too_big = f"payload larger than the limit of {self.max_payload // (1024 * 1024)} MB"
         if declared is not None and int(declared) > self.max_payload:
             raise _fail(413, sm.VALIDATION, too_big)
         chunks: list[bytes] = []
@@ -237,7 +233,9 @@ class Gateway:
             return variant
         chosen = route.choose_variant()
         if chosen is None:
-            raise _fail(503, sm.SERVICE_UNAVAILABLE, f"endpoint {route.name} has no weighted variant")
+            raise _fail(
+                503, sm.SERVICE_UNAVAILABLE, f"endpoint {route.name} has no weighted variant"
+            )
         return chosen
 
     async def _forward(
@@ -273,7 +271,7 @@ class Gateway:
             except _RETRYABLE:
                 tried = upstream  # the replica is gone or going: one more try elsewhere
                 continue
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 raise _fail(
                     504,
                     sm.MODEL_ERROR,
@@ -282,7 +280,9 @@ class Gateway:
             finally:
                 upstream.outstanding -= 1
             if status >= 300:
-                raise GatewayError(424, sm.MODEL_ERROR, sm.model_error_body(variant.name, status, payload))
+                raise GatewayError(
+                    424, sm.MODEL_ERROR, sm.model_error_body(variant.name, status, payload)
+                )
             out = [
                 (b"content-type", content_type.encode("latin-1")),
                 (sm.H_INVOKED_VARIANT, variant.name.encode()),

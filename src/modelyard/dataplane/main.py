@@ -10,8 +10,8 @@ import threading
 
 import uvicorn
 
-from modelyard.controlplane.main import watch_parent
 from modelyard.dataplane.gateway import Gateway
+from modelyard.process import absorb_reraised_signals, quiet_logging, watch_parent
 from modelyard.server import INVOKE_TOKEN_FILE
 from modelyard.settings import ServerSettings, read_token
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="modelyard-gateway")
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    quiet_logging(logging.WARNING)
     settings = ServerSettings.from_json(os.environ["MODELYARD_SETTINGS"])
     token = read_token(settings.state_dir)
     assert token
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         loop="uvloop",
         timeout_keep_alive=30,
     )
+    absorb_reraised_signals()
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=args.fd)])
 
 

@@ -30,7 +30,7 @@ def model_error_body(variant: str, status: int, original: bytes) -> bytes:
             text = str(parsed["error"].get("message", text))
     except orjson.JSONDecodeError:
         pass
-    message = f"Received client error ({status}) from {variant} with message \"{text}\"."
+    message = f'Received client error ({status}) from {variant} with message "{text}".'
     if status >= 500:
-        message = f"Received server error ({status}) from {variant} with message \"{text}\"."
+        message = f'Received server error ({status}) from {variant} with message "{text}".'
     return error_body(message, OriginalStatusCode=status, OriginalMessage=text)

@@ -81,7 +81,9 @@ class LocalExecutor:
             started = psutil.Process(child.pid).create_time()
         except psutil.Error:
             started = 0.0
-        return ReplicaProcess(pid=child.pid, started_at=started, address=f"http://{self.host}:{port}")
+        return ReplicaProcess(
+            pid=child.pid, started_at=started, address=f"http://{self.host}:{port}"
+        )
 
     def exit_code(self, proc: ReplicaProcess) -> int | None:
         child = self._children.get(proc.pid)

@@ -102,8 +102,11 @@ class EndpointController:
         if rep.state not in ("starting", "ready", "stopping"):
             return Observation(exit_code=self.executor.exit_code(proc), ready=False)
         code = self.executor.exit_code(proc)
-        ready = code is None and rep.state == "starting" and self.executor.ready(proc, 1.0)
-        return Observation(exit_code=code, ready=ready)
+        if code is not None:
+            last = tail_lines(rep.log_path, 1)
+            return Observation(exit_code=code, ready=False, last_log_line=last[-1] if last else "")
+        ready = rep.state == "starting" and self.executor.ready(proc, 1.0)
+        return Observation(exit_code=None, ready=ready)
 
     # applying ------------------------------------------------------------------------------
     def _apply(
@@ -120,9 +123,7 @@ class EndpointController:
             case MarkReady(replica_id):
                 self._update(replica_id, state="ready", ever_ready=True, ready_at=now)
             case MarkExited(replica_id, code, permanent, restart_at):
-                assert rep is not None
-                last = tail_lines(rep.log_path, 1)
-                detail = f"exited with status {code}" + (f": {last[-1]}" if last else "")
+                detail = f"exited with status {code}"
                 with self.store.tx() as repo:
                     repo.update_replica(
                         replica_id,
@@ -169,7 +170,9 @@ class EndpointController:
                     for number, state, msg in revision_states:
                         repo.set_revision_state(name, number, state, msg)
                     if status != endpoint.status:
-                        repo.add_event(name, f"status {status}" + (f": {message}" if message else ""), now)
+                        repo.add_event(
+                            name, f"status {status}" + (f": {message}" if message else ""), now
+                        )
             case DeleteEndpoint():
                 with self.store.tx() as repo:
                     repo.delete_endpoint(name)
@@ -215,7 +218,9 @@ class EndpointController:
         except ModelyardError as exc:
             with self.store.tx() as repo:
                 repo.update_replica(replica_id, state="failed", message=exc.message)
-                repo.add_event(endpoint, f"replica {replica_id} could not start: {exc.message}", now)
+                repo.add_event(
+                    endpoint, f"replica {replica_id} could not start: {exc.message}", now
+                )
             return
         with self.store.tx() as repo:
             repo.update_replica(
@@ -230,7 +235,9 @@ class EndpointController:
                 next_start_at=None,
             )
             verb = "restarted" if restart else "started"
-            repo.add_event(endpoint, f"replica {replica_id} ({variant}) {verb}, pid {proc.pid}", now)
+            repo.add_event(
+                endpoint, f"replica {replica_id} ({variant}) {verb}, pid {proc.pid}", now
+            )
 
     # the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval_s: float) -> None:

@@ -30,6 +30,7 @@ LOAD_ERROR_EXIT = 3  # the model server's exit status for a model that cannot lo
 class Observation:
     exit_code: int | None  # None: running
     ready: bool
+    last_log_line: str = ""  # read when the replica has exited, for the failure's reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +161,10 @@ def _observe(
         return "stopping", []
     if obs.exit_code is not None:
         never_ready = not rep.ever_ready
-        permanent = may_fail and never_ready and (
-            obs.exit_code == LOAD_ERROR_EXIT or rep.attempts >= cfg.max_start_attempts
+        permanent = (
+            may_fail
+            and never_ready
+            and (obs.exit_code == LOAD_ERROR_EXIT or rep.attempts >= cfg.max_start_attempts)
         )
         backoff = cfg.restart_backoff_s[min(rep.restarts, len(cfg.restart_backoff_s) - 1)]
         restart_at = None if permanent else now + backoff
@@ -212,7 +215,7 @@ def plan(
         for rep in replicas:
             if rep.state == "stopping":
                 actions += _observe(rep, observed.get(rep.id), None, now, cfg)[1]
-            else:
+            elif rep.state != "failed":
                 actions.append(Stop(rep.id))
         return actions
 
@@ -228,7 +231,10 @@ def plan(
             if isinstance(act, FailReplica):
                 reasons[rep.id] = act.reason
             if isinstance(act, MarkExited) and act.permanent:
-                reasons[rep.id] = f"exited with status {act.exit_code} before it was ready"
+                line = observed[rep.id].last_log_line
+                reasons[rep.id] = f"exited with status {act.exit_code} before it was ready" + (
+                    f": {line}" if line else ""
+                )
 
     keep_revisions = {target.number, endpoint.active_revision}
     for rep in replicas:
@@ -284,9 +290,7 @@ def plan(
             if rep.id not in kept and state[rep.id] in (*LIVE, "failed"):
                 actions.append(Stop(rep.id))
         if endpoint.status != "InService":
-            actions.append(
-                SetEndpoint("InService", endpoint.message, target.number, target.number)
-            )
+            actions.append(SetEndpoint("InService", endpoint.message, target.number, target.number))
     else:
         status = "Creating" if endpoint.active_revision is None else "Updating"
         if endpoint.status != status:
@@ -334,10 +338,9 @@ def _fail_revision(
 ) -> list[Action]:
     """A revision that cannot come up: creation fails the endpoint; an update keeps the old one."""
     reason = _failure_summary(failed, reasons)
+    # Failed replicas have exited already; their rows stay so `describe` can show their logs.
     actions: list[Action] = [
-        Stop(r.id)
-        for r in replicas
-        if r.revision == target.number and state[r.id] in (*LIVE, "failed")
+        Stop(r.id) for r in replicas if r.revision == target.number and state[r.id] in LIVE
     ]
     rev_state = ((target.number, "failed", reason),)
     if endpoint.active_revision is None:

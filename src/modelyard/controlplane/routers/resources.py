@@ -76,5 +76,7 @@ def endpoint_logs(
         try:
             parsed = {str(k): int(v) for k, v in json.loads(cursor).items()}
         except (ValueError, AttributeError, TypeError) as exc:
-            raise InvalidInputError("cursor: must be the JSON object a previous call returned") from exc
+            raise InvalidInputError(
+                "cursor: must be the JSON object a previous call returned"
+            ) from exc
     return endpoints.read_logs(ctx.store, ctx.logs_dir, name, tail, parsed)

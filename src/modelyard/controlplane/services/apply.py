@@ -39,7 +39,9 @@ def check_model(spec: ModelSpec, field: str) -> None:
         except MissingDependencyError:
             raise
         except (ValueError, OSError) as exc:
-            raise SpecError(f"cannot read artifact {spec.artifact!r}: {exc}", f"{field}.artifact") from exc
+            raise SpecError(
+                f"cannot read artifact {spec.artifact!r}: {exc}", f"{field}.artifact"
+            ) from exc
         if not found:
             raise SpecError(f"no artifact at {spec.artifact!r}", f"{field}.artifact")
 

@@ -99,7 +99,12 @@ def describe_endpoint(store: Store, name: str, gateway_url: str) -> dict[str, An
             "models": revision.models,
             "variants": variants,
             "revisions": [
-                {"number": r.number, "state": r.state, "message": r.message, "created_at": r.created_at}
+                {
+                    "number": r.number,
+                    "state": r.state,
+                    "message": r.message,
+                    "created_at": r.created_at,
+                }
                 for r in revisions
             ],
             "events": [{"at": e.at, "message": e.message} for e in events],

@@ -183,7 +183,9 @@ class Repo:
 
     def get_revision(self, endpoint: str, number: int) -> RevisionRecord | None:
         row = self.s.scalar(
-            select(RevisionRow).where(RevisionRow.endpoint == endpoint, RevisionRow.number == number)
+            select(RevisionRow).where(
+                RevisionRow.endpoint == endpoint, RevisionRow.number == number
+            )
         )
         return _record(RevisionRecord, row) if row else None
 
@@ -199,7 +201,9 @@ class Repo:
 
     def set_revision_state(self, endpoint: str, number: int, state: str, message: str) -> None:
         row = self.s.scalar(
-            select(RevisionRow).where(RevisionRow.endpoint == endpoint, RevisionRow.number == number)
+            select(RevisionRow).where(
+                RevisionRow.endpoint == endpoint, RevisionRow.number == number
+            )
         )
         if row is not None:
             row.state, row.message = state, message
