@@ -63,7 +63,10 @@ class Gateway:
         self.sync_interval_s = sync_interval_s
         self.routes: dict[str, EndpointRoute] = {}
         self.counts: dict[str, dict[str, list[int]]] = {}
-        self.synced = asyncio.Event()
+        self._kick = asyncio.Event()
+        self._sync_cond = asyncio.Condition()
+        self._syncs_started = 0
+        self._syncs_done = 0
         self._session: aiohttp.ClientSession | None = None
         self._sync_task: asyncio.Task[None] | None = None
 
@@ -90,6 +93,8 @@ class Gateway:
         url = f"{self.control_url}/internal/v1/gateway/sync"
         last_table: Any = None
         while True:
+            self._syncs_started += 1
+            number = self._syncs_started
             counts, self.counts = self.counts, {}
             try:
                 async with self._session.post(
@@ -102,11 +107,27 @@ class Gateway:
                     self.routes = build_routes(table, self.routes)
                     self._save_routes(table)
                     last_table = table
-                self.synced.set()
             except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
                 self._merge_counts(counts)  # keep them for the next try
                 log.debug("control plane unreachable, serving the last routing table: %s", exc)
-            await asyncio.sleep(self.sync_interval_s)
+            async with self._sync_cond:
+                self._syncs_done = number
+                self._sync_cond.notify_all()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.sync_interval_s)
+            self._kick.clear()
+
+    async def _fresh_route(self, name: str) -> EndpointRoute | None:
+        """Look an unknown endpoint up again after a sync that starts now, so a request sent
+        right after `apply --wait` returned does not miss a routing table a moment old."""
+        target = self._syncs_started + 1
+        self._kick.set()
+        async with self._sync_cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._sync_cond.wait_for(lambda: self._syncs_done >= target), 2.0
+                )
+        return self.routes.get(name)
 
     def _merge_counts(self, counts: dict[str, dict[str, list[int]]]) -> None:
         for endpoint, variants in counts.items():
@@ -169,7 +190,7 @@ class Gateway:
         try:
             if self.invoke_token is not None:
                 self._authorize(headers)
-            route = self.routes.get(name)
+            route = self.routes.get(name) or await self._fresh_route(name)
             if route is None:
                 raise _fail(404, sm.VALIDATION, f"Endpoint {name} not found.")
             body = await self._read_body(headers, receive)

@@ -1,0 +1,75 @@
+# Modelyard developer tasks. `make test` is what CI runs (through .ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv test pg-bin lint demo clean
+
+help:
+	@echo "make test    install (.venv) and run every test tier (unit, integration, e2e)"
+	@echo "make lint    ruff check + mypy"
+	@echo "make demo    run scripts/demo.py"
+	@echo "make clean   remove .venv, .modelyard and build artifacts"
+
+venv: $(STAMP)
+
+# Re-installs only when pyproject.toml is newer than the stamp (or the venv is missing).
+$(STAMP): pyproject.toml
+	@py=""; \
+	for cand in python3.11 python3; do \
+	  if command -v "$$cand" >/dev/null 2>&1 \
+	     && "$$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
+	    py="$$cand"; break; \
+	  fi; \
+	done; \
+	if [ -z "$$py" ]; then echo "error: Python 3.11+ not found (tried python3.11, python3)" >&2; exit 1; fi; \
+	if ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
+	  echo "creating $(VENV) with $$("$$py" --version)"; \
+	  rm -rf $(VENV); \
+	  "$$py" -m venv $(VENV); \
+	fi
+	@echo "installing modelyard[dev] into $(VENV)"
+	@$(PY) -m pip install -q --progress-bar off --upgrade pip
+	@$(PY) -m pip install -q --progress-bar off -e '.[dev]'
+	@touch $(STAMP)
+
+# PostgreSQL server binaries for the `postgres` tests. A failed install is not fatal:
+# those tests then skip and say why.
+pg-bin:
+	@if command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing PostgreSQL (apt-get install postgresql)"; \
+	  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+	         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	       } </dev/null >/tmp/modelyard-apt.log 2>&1; then \
+	    echo "warning: installing PostgreSQL failed (see /tmp/modelyard-apt.log); postgres tests will skip" >&2; \
+	    tail -n 5 /tmp/modelyard-apt.log >&2 || true; \
+	  fi; \
+	else \
+	  echo "warning: PostgreSQL (initdb) not found and not root; postgres tests will skip" >&2; \
+	fi
+
+test: venv pg-bin
+	@rc=0; $(VENV)/bin/pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+lint: venv
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+
+demo: venv
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .modelyard build dist demo-work .pytest_cache .mypy_cache .ruff_cache
+	rm -rf src/*.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
