@@ -9,6 +9,7 @@ request that arrives in between waits in the socket's backlog instead of being r
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from modelyard.errors import UserError
 from modelyard.settings import SERVER_FILE, ServerSettings, ensure_token
@@ -85,6 +87,7 @@ class Supervisor:
     def run(self) -> int:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_state_dir(s.state_dir)
         for folder in (s.logs_dir, s.run_dir, s.cache_dir):
             folder.mkdir(parents=True, exist_ok=True)
         ensure_token(s.state_dir)
@@ -150,6 +153,20 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     child.proc.kill()
                     child.proc.wait()
+
+
+def _lock_state_dir(state_dir: Path) -> IO[str]:
+    """One server per state directory: a second one would fight the first over its replicas."""
+    handle = open(state_dir / "server.lock", "a+")  # noqa: SIM115 - held for the server's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise UserError(
+            f"another modelyard server is running with the state directory {state_dir}; "
+            "stop it first or pass a different --state-dir"
+        ) from exc
+    return handle
 
 
 def _fields(settings: ServerSettings) -> dict[str, object]:

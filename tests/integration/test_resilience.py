@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import signal
 import threading
 from collections import Counter
@@ -151,3 +153,15 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_second_server_on_the_same_state_dir_is_refused(server: ServerProcess) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli.main", "server", "--state-dir", str(server.state_dir), "--port", "0", "--gateway-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "another modelyard server is running" in out.stderr
+    assert server.client.describe_endpoint("ep")["status"] == "InService"

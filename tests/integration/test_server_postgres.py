@@ -1,0 +1,40 @@
+"""The whole server on PostgreSQL: deploy, invoke, and a control-plane restart that re-adopts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support import ServerProcess, make_sklearn_model, wait_for, write_yaml
+
+pytestmark = pytest.mark.postgres
+
+
+def test_server_on_postgres(tmp_path: Path, fresh_postgres_url: str) -> None:
+    make_sklearn_model(tmp_path / "model.joblib")
+    spec = write_yaml(
+        tmp_path / "ep.yaml",
+        [
+            {"kind": "Model", "name": "m", "spec": {"artifact": "model.joblib", "runtime": "sklearn"}},
+            {"kind": "Endpoint", "name": "ep", "spec": {"variants": [{"name": "primary", "model": "m"}]}},
+        ],
+    )
+    server = ServerProcess(tmp_path / "state", "--store-url", fresh_postgres_url)
+    try:
+        server.client.apply_file(spec)
+        view = server.client.wait_endpoint("ep", timeout_s=120)
+        assert view["status"] == "InService"
+        assert server.invoke("ep", {"instances": [[0.1, 0.2, 0.3, 0.4]]}).status_code == 200
+        assert not (tmp_path / "state" / "modelyard.db").exists()  # the state is in PostgreSQL
+
+        pids = {r["pid"] for v in view["variants"] for r in v["replicas"]}
+        control = server.child("modelyard.controlplane.main")
+        control.kill()
+        control.wait(10)
+        again = wait_for(lambda: server.client.describe_endpoint("ep"), 30, what="restart")
+        assert again["status"] == "InService"
+        assert {r["pid"] for v in again["variants"] for r in v["replicas"]} == pids
+        assert server.invoke("ep", {"instances": [[0.1, 0.2, 0.3, 0.4]]}).status_code == 200
+    finally:
+        server.stop()
