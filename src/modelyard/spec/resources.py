@@ -22,15 +22,18 @@ class _Spec(BaseModel):
 class ContainerSpec(_Spec):
     """Bring-your-own-container: a command that serves the replica contract on ``$PORT``."""
 
-    command: list[str] = Field(min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
+    command: list[str] = Field(
+        min_length=1,
+        description="argv of a program that serves GET /ping, POST /invocations on $PORT",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
 
 
 class ModelSpec(_Spec):
     artifact: str | None = Field(
         default=None, description="fsspec URI (or path) of the model file or directory"
     )
-    runtime: RuntimeName
+    runtime: RuntimeName = Field(description="the framework adapter that serves the model")
     method: Literal["predict", "predict_proba"] | None = Field(
         default=None, description="scikit-learn: which estimator method answers (default predict)"
     )
@@ -38,8 +41,12 @@ class ModelSpec(_Spec):
         default=None,
         description="python runtime: 'module:Class' importable from the artifact directory",
     )
-    container: ContainerSpec | None = None
-    environment: dict[str, str] = Field(default_factory=dict)
+    container: ContainerSpec | None = Field(
+        default=None, description="bring-your-own-container: the command to run"
+    )
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="environment variables for the model's replicas"
+    )
 
     @model_validator(mode="after")
     def _runtime_fields(self) -> ModelSpec:
@@ -61,22 +68,33 @@ class ModelSpec(_Spec):
 
 
 class ResourcesSpec(_Spec):
-    cpus: float | None = Field(default=None, gt=0, le=1024)
-    memory_mb: int | None = Field(default=None, ge=64, le=1_048_576)
+    cpus: float | None = Field(
+        default=None, gt=0, le=1024, description="recorded with the revision; not enforced yet"
+    )
+    memory_mb: int | None = Field(
+        default=None,
+        ge=64,
+        le=1_048_576,
+        description="recorded with the revision; not enforced yet",
+    )
 
 
 class VariantSpec(_Spec):
-    name: Name
-    model: Name
-    instance_count: int = Field(default=1, ge=1, le=64)
-    weight: float = Field(default=1.0, ge=0)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    startup_timeout_s: int = Field(default=240, ge=1, le=3600)
+    name: Name = Field(description="unique within the endpoint")
+    model: Name = Field(description="the Model this variant serves")
+    instance_count: int = Field(default=1, ge=1, le=64, description="replicas to run")
+    weight: float = Field(default=1.0, ge=0, description="share of traffic, relative to the others")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="per replica")
+    startup_timeout_s: int = Field(
+        default=240, ge=1, le=3600, description="seconds a new replica has to answer GET /ping"
+    )
 
 
 class EndpointSpec(_Spec):
-    type: Literal["realtime"] = "realtime"
-    variants: list[VariantSpec] = Field(min_length=1, max_length=10)
+    type: Literal["realtime"] = Field(default="realtime", description="the endpoint type")
+    variants: list[VariantSpec] = Field(
+        min_length=1, max_length=10, description="production variants sharing the traffic"
+    )
 
     @field_validator("variants")
     @classmethod

@@ -1,0 +1,110 @@
+"""docs/SPEC.md is generated from the spec models, so the reference cannot drift from the code.
+
+Regenerate with ``python -m modelyard.spec.reference > docs/SPEC.md``; a unit test fails when the
+committed file is stale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from modelyard.spec.resources import (
+    ContainerSpec,
+    EndpointSpec,
+    ModelSpec,
+    ResourcesSpec,
+    VariantSpec,
+)
+
+HEADER = """# Resource reference
+
+Generated from `src/modelyard/spec/` by `python -m modelyard.spec.reference`; do not edit by hand.
+
+A spec file holds one or more YAML documents separated by `---`, each with `kind`, `name` and
+`spec`. Names are 1–63 letters, digits and hyphens. Unknown fields are errors, reported with their
+path (for example `documents[1].spec.variants[0].instance_count`). Relative artifact paths are
+relative to the file that names them.
+"""
+
+SECTIONS: list[tuple[str, type[BaseModel], str]] = [
+    ("Model `spec`", ModelSpec, "kind: Model"),
+    ("`container` (runtime `container`)", ContainerSpec, ""),
+    ("Endpoint `spec`", EndpointSpec, "kind: Endpoint"),
+    ("Variant (`spec.variants[]`)", VariantSpec, ""),
+    ("`resources`", ResourcesSpec, ""),
+]
+
+
+def _type(prop: dict[str, Any]) -> str:
+    if "enum" in prop:
+        return " \\| ".join(f"`{v}`" for v in prop["enum"])
+    if "const" in prop:
+        return f"`{prop['const']}`"
+    if "anyOf" in prop:
+        return " or ".join(_type(p) for p in prop["anyOf"])
+    if "$ref" in prop:
+        return prop["$ref"].rsplit("/", 1)[-1].removesuffix("Spec").lower()
+    kind = prop.get("type", "any")
+    if kind == "array":
+        return f"list of {_type(prop.get('items', {}))}"
+    if kind == "object":
+        return "mapping"
+    return str(kind)
+
+
+def _rules(prop: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (
+        ("minimum", ">="),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "<="),
+        ("minItems", "items >="),
+        ("maxItems", "items <="),
+    ):
+        if key in prop:
+            parts.append(f"{label} {prop[key]}")
+    for sub in prop.get("anyOf", []):
+        extra = _rules(sub)
+        if extra:
+            parts.append(extra)
+    return ", ".join(parts)
+
+
+def render() -> str:
+    lines = [HEADER]
+    for title, model, _ in SECTIONS:
+        schema = model.model_json_schema()
+        required = set(schema.get("required", []))
+        lines += [
+            f"## {title}",
+            "",
+            "| field | type | default | rules | description |",
+            "|---|---|---|---|---|",
+        ]
+        for name, prop in schema["properties"].items():
+            default = "required" if name in required else f"`{prop.get('default')!r}`"
+            if "default" not in prop and name not in required:
+                default = "—"
+            description = prop.get("description", "")
+            lines.append(
+                f"| `{name}` | {_type(prop)} | {default} | {_rules(prop)} | {description} |"
+            )
+        lines.append("")
+    lines += [
+        "## Cross-field rules",
+        "",
+        "- `runtime: sklearn | onnx | python` need `artifact`; `python` needs `predictor: module:Class`",
+        "  (importable from the artifact directory); `container` needs `container.command`.",
+        "- `method` is for `sklearn` only; `predictor` for `python` only; `container` for `container` only.",
+        "- Variant names are unique within an endpoint; at least one variant has a weight above 0.",
+        "- Every variant's `model` names a Model that exists (or is applied in the same file).",
+        "- `type` is `realtime` in this version.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
