@@ -159,7 +159,11 @@ def from_payload(payload: Any, status: int) -> ModelyardError:
         err = SpecError(message, None)
         err.field = field
         return err
-    if cls is None or cls is MissingDependencyError:
+    if cls is MissingDependencyError:
+        missing = MissingDependencyError.__new__(MissingDependencyError)
+        ModelyardError.__init__(missing, message)
+        missing.package = missing.extra = ""
+        return missing
+    if cls is None:
         cls = UserError if 400 <= status < 500 else PlatformError
-    err = cls(message)
-    return err
+    return cls(message)

@@ -33,7 +33,8 @@ class MemoryExecutor:
         return proc
 
     def by_id(self, replica_id: str) -> FakeReplica:
-        return next(r for r in self.replicas.values() if r.launch.replica_id == replica_id)
+        """The latest process started for a replica (a restart starts a new one)."""
+        return [r for r in self.replicas.values() if r.launch.replica_id == replica_id][-1]
 
     def running(self) -> list[FakeReplica]:
         return [r for r in self.replicas.values() if r.exit_code is None]

@@ -74,7 +74,8 @@ def _absolute_artifact(uri: str, base_dir: Path) -> str:
     resolved = Path(path).expanduser()
     if not resolved.is_absolute():
         resolved = (base_dir / resolved).resolve()
-    return resolved.as_uri()
+    # Not Path.as_uri(): fsspec takes file:// paths as they are, without percent-decoding.
+    return "file://" + str(resolved)
 
 
 def load_documents(text: str, base_dir: Path | None = None, source: str = "") -> list[Document]:

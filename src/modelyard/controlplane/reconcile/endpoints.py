@@ -216,11 +216,7 @@ class EndpointController:
         try:
             proc = self.executor.start(launch)
         except ModelyardError as exc:
-            with self.store.tx() as repo:
-                repo.update_replica(replica_id, state="failed", message=exc.message)
-                repo.add_event(
-                    endpoint, f"replica {replica_id} could not start: {exc.message}", now
-                )
+            self._start_failed(rep, endpoint, revision, exc.message, now)
             return
         with self.store.tx() as repo:
             repo.update_replica(
@@ -238,6 +234,25 @@ class EndpointController:
             repo.add_event(
                 endpoint, f"replica {replica_id} ({variant}) {verb}, pid {proc.pid}", now
             )
+
+    def _start_failed(
+        self, rep: ReplicaRecord, endpoint: str, revision: int, reason: str, now: float
+    ) -> None:
+        """A replica of the served revision is retried with backoff (the endpoint needs it);
+        one of a new revision fails it, since the same command would fail again."""
+        with self.store.tx() as repo:
+            record = repo.get_endpoint(endpoint)
+            served = record is not None and record.active_revision == revision
+            backoff = self.cfg.restart_backoff_s
+            repo.update_replica(
+                rep.id,
+                state="crashed" if served else "failed",
+                message=f"could not start: {reason}",
+                attempts=rep.attempts + 1,
+                next_start_at=now + backoff[min(rep.restarts, len(backoff) - 1)] if served else None,
+                restarts=rep.restarts + (1 if served else 0),
+            )
+            repo.add_event(endpoint, f"replica {rep.id} could not start: {reason}", now)
 
     # the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval_s: float) -> None:

@@ -236,11 +236,17 @@ def plan(
                     f": {line}" if line else ""
                 )
 
+    # Crashed replicas of the target or the served revision come back after their backoff (the
+    # served ones keep the endpoint's capacity during an update); others are forgotten.
     keep_revisions = {target.number, endpoint.active_revision}
     for rep in replicas:
-        if state[rep.id] == "crashed" and rep.revision not in keep_revisions:
+        if state[rep.id] != "crashed":
+            continue
+        if rep.revision not in keep_revisions:
             actions.append(Forget(rep.id))
             state[rep.id] = "gone"
+        elif rep.next_start_at is not None and now >= rep.next_start_at:
+            actions.append(Restart(rep.id))
 
     failed = [r for r in replicas if r.revision == target.number and state[r.id] == "failed"]
     promoting = endpoint.active_revision != target.number
@@ -272,10 +278,6 @@ def plan(
             all_ready = False
         for _ in range(count - len(live)):
             actions.append(StartNew(target.number, name))
-        for rep in own:
-            if state[rep.id] == "crashed" and rep.next_start_at is not None:
-                if now >= rep.next_start_at:
-                    actions.append(Restart(rep.id))
         if len(live) > count and not promoting:
             # Scale in: stop the least useful first (not ready before ready).
             extra = sorted(live, key=lambda r: state[r.id] == "ready")[: len(live) - count]
