@@ -25,7 +25,7 @@ N_FEATURES = 4
 
 
 def wait_for(
-    check: Callable[[], T | None | bool],
+    check: Callable[[], T | bool | None],
     timeout_s: float = 30.0,
     interval_s: float = 0.05,
     what: str = "condition",
@@ -41,7 +41,9 @@ def wait_for(
         except Exception as exc:  # the thing polled may not be up yet
             last_exc = exc
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last error: {last_exc})")
+    raise AssertionError(
+        f"timed out after {timeout_s:g} s waiting for {what} (last error: {last_exc})"
+    )
 
 
 def training_data(n_samples: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +87,7 @@ def make_onnx_model(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return w, b
 
 
-PREDICTOR_SOURCE = '''
+PREDICTOR_SOURCE = """
 class Predictor:
     def load(self, model_dir):
         self.prefix = open(model_dir + "/prefix.txt").read().strip()
@@ -94,7 +96,7 @@ class Predictor:
         if inputs == "raise":
             raise ValueError("the predictor refuses 'raise'")
         return {"echo": inputs, "prefix": self.prefix}
-'''
+"""
 
 
 def make_python_predictor(folder: Path) -> Path:
@@ -166,7 +168,7 @@ class ServerProcess:
             "0",
             *extra,
         ]
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )

@@ -37,8 +37,20 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     spec = write_yaml(
         root / "churn.yaml",
         [
-            {"kind": "Model", "name": "churn", "spec": {"artifact": "models/churn.joblib", "runtime": "sklearn", "method": "predict_proba"}},
-            {"kind": "Endpoint", "name": "churn", "spec": {"variants": [{"name": "primary", "model": "churn", "instance_count": 1}]}},
+            {
+                "kind": "Model",
+                "name": "churn",
+                "spec": {
+                    "artifact": "models/churn.joblib",
+                    "runtime": "sklearn",
+                    "method": "predict_proba",
+                },
+            },
+            {
+                "kind": "Endpoint",
+                "name": "churn",
+                "spec": {"variants": [{"name": "primary", "model": "churn", "instance_count": 1}]},
+            },
         ],
     )
     server = ServerProcess(root / "state", "--require-invoke-token")
@@ -89,7 +101,9 @@ def test_cli_errors_are_clear(deployed: dict[str, Any], tmp_path: Path) -> None:
     bad.write_text("kind: Endpoint\nname: x\nspec:\n  variants: [\n")
     out = cli(state, "apply", "-f", str(bad))
     assert out.returncode == 1 and "not valid YAML at line" in out.stderr
-    bad.write_text("kind: Endpoint\nname: x\nspec:\n  variants:\n    - name: a\n      model: churn\n      instance_count: 0\n")
+    bad.write_text(
+        "kind: Endpoint\nname: x\nspec:\n  variants:\n    - name: a\n      model: churn\n      instance_count: 0\n"
+    )
     out = cli(state, "apply", "-f", str(bad))
     assert out.returncode == 1 and "documents[0].spec.variants[0].instance_count" in out.stderr
     missing = cli(state, "describe", "endpoint", "nope")

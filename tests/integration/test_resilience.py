@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.support import ServerProcess, make_sklearn_model, wait_for, write_yaml
 
 BODY = b'{"instances": [[0.5, -1.0, 2.0, 0.25]]}'
@@ -33,7 +32,9 @@ class Traffic:
         with httpx.Client(trust_env=False, timeout=30) as http:
             while not self._stop.is_set():
                 try:
-                    resp = http.post(self.url, content=BODY, headers={"Content-Type": "application/json"})
+                    resp = http.post(
+                        self.url, content=BODY, headers={"Content-Type": "application/json"}
+                    )
                     self.statuses[resp.status_code] += 1
                 except httpx.HTTPError as exc:
                     self.statuses[type(exc).__name__] += 1
@@ -57,8 +58,16 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     write_yaml(
         tmp_path / "endpoint.yaml",
         [
-            {"kind": "Model", "name": "m", "spec": {"artifact": "model.joblib", "runtime": "sklearn"}},
-            {"kind": "Endpoint", "name": "ep", "spec": {"variants": [{"name": "primary", "model": "m", "instance_count": 2}]}},
+            {
+                "kind": "Model",
+                "name": "m",
+                "spec": {"artifact": "model.joblib", "runtime": "sklearn"},
+            },
+            {
+                "kind": "Endpoint",
+                "name": "ep",
+                "spec": {"variants": [{"name": "primary", "model": "m", "instance_count": 2}]},
+            },
         ],
     )
     proc = ServerProcess(tmp_path / "state")
@@ -102,8 +111,12 @@ def test_control_plane_restart_keeps_serving_and_readopts_replicas(server: Serve
         control.wait(10)
         seen = traffic.statuses[200]
         # While it is down (and after the supervisor restarts it) the gateway keeps serving.
-        wait_for(lambda: traffic.ok_since(seen + 50), 30, what="traffic with the control plane down")
-        view = wait_for(lambda: server.client.describe_endpoint("ep"), 30, what="the control plane back")
+        wait_for(
+            lambda: traffic.ok_since(seen + 50), 30, what="traffic with the control plane down"
+        )
+        view = wait_for(
+            lambda: server.client.describe_endpoint("ep"), 30, what="the control plane back"
+        )
     assert server.child("modelyard.controlplane.main").pid != control.pid
     assert view["status"] == "InService"
     after = {r["id"]: r["pid"] for r in _replicas(server)}
@@ -118,18 +131,23 @@ def test_gateway_restart_serves_from_the_saved_routing_table(server: ServerProce
     gateway.wait(10)
 
     def answered() -> bool:
-        return httpx.post(
-            f"{server.gateway_url}/endpoints/ep/invocations",
-            content=BODY,
-            headers={"Content-Type": "application/json"},
-            trust_env=False,
-        ).status_code == 200
+        return (
+            httpx.post(
+                f"{server.gateway_url}/endpoints/ep/invocations",
+                content=BODY,
+                headers={"Content-Type": "application/json"},
+                trust_env=False,
+            ).status_code
+            == 200
+        )
 
     wait_for(answered, 30, what="the restarted gateway to serve")
     assert server.child("modelyard.dataplane.main").pid != gateway.pid
 
 
-def test_server_stop_drains_replicas_and_start_brings_endpoints_back(server: ServerProcess, tmp_path: Path) -> None:
+def test_server_stop_drains_replicas_and_start_brings_endpoints_back(
+    server: ServerProcess, tmp_path: Path
+) -> None:
     pids = [r["pid"] for r in _replicas(server)]
     assert server.stop() == 0
     for pid in pids:
@@ -138,9 +156,18 @@ def test_server_stop_drains_replicas_and_start_brings_endpoints_back(server: Ser
     try:
         view = again.client.wait_endpoint("ep", timeout_s=120)
         assert view["status"] == "InService" and view["revision"] == 1
-        wait_for(lambda: view["replicas_ready"] == 2 or again.client.describe_endpoint("ep")["replicas_ready"] == 2, 60, what="replicas")
+        wait_for(
+            lambda: (
+                view["replicas_ready"] == 2
+                or again.client.describe_endpoint("ep")["replicas_ready"] == 2
+            ),
+            60,
+            what="replicas",
+        )
         resp = again.invoke("ep", BODY)
-        wait_for(lambda: again.invoke("ep", BODY).status_code == 200, 30, what="an answer after restart")
+        wait_for(
+            lambda: again.invoke("ep", BODY).status_code == 200, 30, what="an answer after restart"
+        )
         assert resp.status_code in (200, 503)
     finally:
         again.stop()
@@ -157,7 +184,18 @@ def _alive(pid: int) -> bool:
 
 def test_second_server_on_the_same_state_dir_is_refused(server: ServerProcess) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "modelyard.cli.main", "server", "--state-dir", str(server.state_dir), "--port", "0", "--gateway-port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "modelyard.cli.main",
+            "server",
+            "--state-dir",
+            str(server.state_dir),
+            "--port",
+            "0",
+            "--gateway-port",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

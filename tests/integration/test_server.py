@@ -14,8 +14,6 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-
-from modelyard.errors import NotFoundError, SpecError
 from tests.support import (
     ServerProcess,
     make_onnx_model,
@@ -27,20 +25,62 @@ from tests.support import (
     write_yaml,
 )
 
+from modelyard.errors import NotFoundError, SpecError
+
 ROW = [0.5, -1.0, 2.0, 0.25]
 
 
 def _docs(root: Path) -> list[dict[str, Any]]:
     byoc = write_byoc_server(root / "byoc")
     return [
-        {"kind": "Model", "name": "sk", "spec": {"artifact": "sk/model.joblib", "runtime": "sklearn", "method": "predict_proba"}},
-        {"kind": "Model", "name": "onnx-linear", "spec": {"artifact": "onnx/linear.onnx", "runtime": "onnx"}},
-        {"kind": "Model", "name": "echo", "spec": {"artifact": "py", "runtime": "python", "predictor": "echo_predictor:Predictor"}},
-        {"kind": "Model", "name": "byoc", "spec": {"runtime": "container", "container": {"command": [sys.executable, str(byoc)]}}},
-        {"kind": "Endpoint", "name": "sk", "spec": {"variants": [{"name": "primary", "model": "sk", "instance_count": 2}]}},
-        {"kind": "Endpoint", "name": "onnx", "spec": {"variants": [{"name": "primary", "model": "onnx-linear"}]}},
-        {"kind": "Endpoint", "name": "echo", "spec": {"variants": [{"name": "primary", "model": "echo"}]}},
-        {"kind": "Endpoint", "name": "byoc", "spec": {"variants": [{"name": "primary", "model": "byoc"}]}},
+        {
+            "kind": "Model",
+            "name": "sk",
+            "spec": {
+                "artifact": "sk/model.joblib",
+                "runtime": "sklearn",
+                "method": "predict_proba",
+            },
+        },
+        {
+            "kind": "Model",
+            "name": "onnx-linear",
+            "spec": {"artifact": "onnx/linear.onnx", "runtime": "onnx"},
+        },
+        {
+            "kind": "Model",
+            "name": "echo",
+            "spec": {
+                "artifact": "py",
+                "runtime": "python",
+                "predictor": "echo_predictor:Predictor",
+            },
+        },
+        {
+            "kind": "Model",
+            "name": "byoc",
+            "spec": {"runtime": "container", "container": {"command": [sys.executable, str(byoc)]}},
+        },
+        {
+            "kind": "Endpoint",
+            "name": "sk",
+            "spec": {"variants": [{"name": "primary", "model": "sk", "instance_count": 2}]},
+        },
+        {
+            "kind": "Endpoint",
+            "name": "onnx",
+            "spec": {"variants": [{"name": "primary", "model": "onnx-linear"}]},
+        },
+        {
+            "kind": "Endpoint",
+            "name": "echo",
+            "spec": {"variants": [{"name": "primary", "model": "echo"}]},
+        },
+        {
+            "kind": "Endpoint",
+            "name": "byoc",
+            "spec": {"variants": [{"name": "primary", "model": "byoc"}]},
+        },
     ]
 
 
@@ -57,7 +97,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         for name in ("sk", "onnx", "echo", "byoc"):
             view = server.client.wait_endpoint(name, timeout_s=120)
             assert view["status"] == "InService", view
-        yield {"server": server, "sk": sk, "w": w, "b": b, "root": root, "results": results, "spec_file": spec_file}
+        yield {
+            "server": server,
+            "sk": sk,
+            "w": w,
+            "b": b,
+            "root": root,
+            "results": results,
+            "spec_file": spec_file,
+        }
     finally:
         server.stop()
 
@@ -90,7 +138,9 @@ def test_content_types_and_accept(world: dict[str, Any]) -> None:
     assert np.allclose(got, expected)
     buf = io.BytesIO()
     np.save(buf, x)
-    resp = server.invoke("sk", buf.getvalue(), **{"Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+    resp = server.invoke(
+        "sk", buf.getvalue(), **{"Content-Type": "application/x-npy", "Accept": "application/x-npy"}
+    )
     assert resp.status_code == 200
     assert np.allclose(np.load(io.BytesIO(resp.content)), expected)
 
@@ -110,7 +160,9 @@ def test_onnx_python_and_byoc_behind_the_same_gateway(world: dict[str, Any]) -> 
 
 
 def test_custom_attributes_pass_through(world: dict[str, Any]) -> None:
-    resp = world["server"].invoke("sk", {"instances": [ROW]}, **{"X-Amzn-SageMaker-Custom-Attributes": "trace=1"})
+    resp = world["server"].invoke(
+        "sk", {"instances": [ROW]}, **{"X-Amzn-SageMaker-Custom-Attributes": "trace=1"}
+    )
     assert resp.headers["x-amzn-sagemaker-custom-attributes"] == "trace=1"
 
 
@@ -134,9 +186,13 @@ def test_gateway_validation_errors(world: dict[str, Any]) -> None:
     missing = server.invoke("no-such-endpoint", {"instances": [ROW]})
     assert missing.status_code == 404 and missing.headers["x-amzn-errortype"] == "ValidationError"
     assert "no-such-endpoint" in missing.json()["message"]
-    variant = server.invoke("sk", {"instances": [ROW]}, **{"X-Amzn-SageMaker-Target-Variant": "nope"})
+    variant = server.invoke(
+        "sk", {"instances": [ROW]}, **{"X-Amzn-SageMaker-Target-Variant": "nope"}
+    )
     assert variant.status_code == 400 and "Variant nope not found" in variant.json()["message"]
-    chosen = server.invoke("sk", {"instances": [ROW]}, **{"X-Amzn-SageMaker-Target-Variant": "primary"})
+    chosen = server.invoke(
+        "sk", {"instances": [ROW]}, **{"X-Amzn-SageMaker-Target-Variant": "primary"}
+    )
     assert chosen.status_code == 200
     big = server.invoke("sk", b"0" * (25 * 1024 * 1024 + 1))
     assert big.status_code == 413 and "25 MB" in big.json()["message"]
@@ -169,17 +225,35 @@ def test_invalid_apply_changes_nothing(world: dict[str, Any]) -> None:
     client = world["server"].client
     before = client.list_endpoints()
     bad = [
-        {"kind": "Model", "name": "new-model", "spec": {"artifact": "/nonexistent/m.joblib", "runtime": "sklearn"}},
-        {"kind": "Endpoint", "name": "new-ep", "spec": {"variants": [{"name": "a", "model": "new-model"}]}},
+        {
+            "kind": "Model",
+            "name": "new-model",
+            "spec": {"artifact": "/nonexistent/m.joblib", "runtime": "sklearn"},
+        },
+        {
+            "kind": "Endpoint",
+            "name": "new-ep",
+            "spec": {"variants": [{"name": "a", "model": "new-model"}]},
+        },
     ]
     with pytest.raises(SpecError) as exc:
         client.apply(bad)
     assert exc.value.field == "documents[0].spec.artifact"
     with pytest.raises(SpecError) as exc:
-        client.apply([{"kind": "Endpoint", "name": "new-ep", "spec": {"variants": [{"name": "a", "model": "ghost"}]}}])
+        client.apply(
+            [
+                {
+                    "kind": "Endpoint",
+                    "name": "new-ep",
+                    "spec": {"variants": [{"name": "a", "model": "ghost"}]},
+                }
+            ]
+        )
     assert exc.value.field == "documents[0].spec.variants[0].model"
     with pytest.raises(SpecError) as exc:
-        client.apply([{"kind": "Model", "name": "m", "spec": {"artifact": "x", "runtime": "tensorflow"}}])
+        client.apply(
+            [{"kind": "Model", "name": "m", "spec": {"artifact": "x", "runtime": "tensorflow"}}]
+        )
     assert exc.value.field == "documents[0].spec.runtime"
     assert client.list_endpoints() == before
     with pytest.raises(NotFoundError):
@@ -191,24 +265,45 @@ def test_weight_change_keeps_replicas_and_model_change_replaces_them(world: dict
     client = server.client
     view = client.describe_endpoint("sk")
     pids = {r["pid"] for v in view["variants"] for r in v["replicas"]}
-    docs = [{"kind": "Endpoint", "name": "sk", "spec": {"variants": [{"name": "primary", "model": "sk", "instance_count": 2, "weight": 3}]}}]
+    docs = [
+        {
+            "kind": "Endpoint",
+            "name": "sk",
+            "spec": {
+                "variants": [{"name": "primary", "model": "sk", "instance_count": 2, "weight": 3}]
+            },
+        }
+    ]
     [result] = client.apply(docs)
     assert result["action"] == "updated" and result["revision"] == view["revision"] + 1
     view = client.wait_endpoint("sk", revision=result["revision"], timeout_s=60)
     assert view["active_revision"] == result["revision"]
-    assert {r["pid"] for v in view["variants"] for r in v["replicas"] if r["state"] == "ready"} == pids
+    assert {
+        r["pid"] for v in view["variants"] for r in v["replicas"] if r["state"] == "ready"
+    } == pids
 
     make_sklearn_model(world["root"] / "sk2" / "model.joblib")
-    docs = [{"kind": "Model", "name": "sk", "spec": {"artifact": str(world["root"] / "sk2" / "model.joblib"), "runtime": "sklearn"}}]
+    docs = [
+        {
+            "kind": "Model",
+            "name": "sk",
+            "spec": {"artifact": str(world["root"] / "sk2" / "model.joblib"), "runtime": "sklearn"},
+        }
+    ]
     [model_result, endpoint_result] = client.apply(docs)
     assert model_result["action"] == "updated" and endpoint_result["name"] == "sk"
     view = client.wait_endpoint("sk", revision=endpoint_result["revision"], timeout_s=120)
     assert view["active_revision"] == endpoint_result["revision"]
     resp = server.invoke("sk", {"instances": [ROW]})
-    assert resp.json()["predictions"] == [int(world["sk"].predict(np.array([ROW]))[0])]  # predict now
+    assert resp.json()["predictions"] == [
+        int(world["sk"].predict(np.array([ROW]))[0])
+    ]  # predict now
 
     def old_gone() -> bool:
-        return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+        return not any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            for p in pids
+        )
 
     wait_for(old_gone, 60, what="the old replicas to stop")
 
@@ -220,12 +315,44 @@ def test_failures_are_reported_with_the_reason(world: dict[str, Any]) -> None:
     never = root / "never_ready.py"
     never.write_text("import time\nwhile True:\n    time.sleep(1)\n")
     docs = [
-        {"kind": "Model", "name": "corrupt", "spec": {"artifact": str(root / "corrupt.joblib"), "runtime": "sklearn"}},
-        {"kind": "Model", "name": "exits", "spec": {"runtime": "container", "container": {"command": [sys.executable, "-c", "import sys; print('bye'); sys.exit(7)"]}}},
-        {"kind": "Model", "name": "silent", "spec": {"runtime": "container", "container": {"command": [sys.executable, str(never)]}}},
-        {"kind": "Endpoint", "name": "corrupt", "spec": {"variants": [{"name": "a", "model": "corrupt"}]}},
-        {"kind": "Endpoint", "name": "exits", "spec": {"variants": [{"name": "a", "model": "exits"}]}},
-        {"kind": "Endpoint", "name": "silent", "spec": {"variants": [{"name": "a", "model": "silent", "startup_timeout_s": 3}]}},
+        {
+            "kind": "Model",
+            "name": "corrupt",
+            "spec": {"artifact": str(root / "corrupt.joblib"), "runtime": "sklearn"},
+        },
+        {
+            "kind": "Model",
+            "name": "exits",
+            "spec": {
+                "runtime": "container",
+                "container": {
+                    "command": [sys.executable, "-c", "import sys; print('bye'); sys.exit(7)"]
+                },
+            },
+        },
+        {
+            "kind": "Model",
+            "name": "silent",
+            "spec": {
+                "runtime": "container",
+                "container": {"command": [sys.executable, str(never)]},
+            },
+        },
+        {
+            "kind": "Endpoint",
+            "name": "corrupt",
+            "spec": {"variants": [{"name": "a", "model": "corrupt"}]},
+        },
+        {
+            "kind": "Endpoint",
+            "name": "exits",
+            "spec": {"variants": [{"name": "a", "model": "exits"}]},
+        },
+        {
+            "kind": "Endpoint",
+            "name": "silent",
+            "spec": {"variants": [{"name": "a", "model": "silent", "startup_timeout_s": 3}]},
+        },
     ]
     client.apply(docs)
     corrupt = client.wait_endpoint("corrupt", timeout_s=60)
@@ -236,7 +363,9 @@ def test_failures_are_reported_with_the_reason(world: dict[str, Any]) -> None:
     assert exits["status"] == "Failed" and "status 7" in exits["message"]
     assert any("bye" in line for line in exits["last_log_lines"])
     silent = client.wait_endpoint("silent", timeout_s=60)
-    assert silent["status"] == "Failed" and "did not answer GET /ping within 3 s" in silent["message"]
+    assert (
+        silent["status"] == "Failed" and "did not answer GET /ping within 3 s" in silent["message"]
+    )
     for name in ("corrupt", "exits", "silent"):
         client.delete_endpoint(name, timeout_s=60)
     names = {e["name"] for e in client.list_endpoints()}
@@ -256,7 +385,9 @@ def test_delete_stops_replicas_and_model_in_use_is_protected(world: dict[str, An
     assert server.invoke("echo", "x").status_code == 404 or wait_for(
         lambda: server.invoke("echo", "x").status_code == 404, 5, what="the route to go"
     )
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert not any(
+        psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids
+    )
     client.delete_model("echo")
     with pytest.raises(NotFoundError):
         client.get_model("echo")

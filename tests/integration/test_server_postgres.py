@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tests.support import ServerProcess, make_sklearn_model, wait_for, write_yaml
 
 pytestmark = pytest.mark.postgres
@@ -16,8 +15,16 @@ def test_server_on_postgres(tmp_path: Path, fresh_postgres_url: str) -> None:
     spec = write_yaml(
         tmp_path / "ep.yaml",
         [
-            {"kind": "Model", "name": "m", "spec": {"artifact": "model.joblib", "runtime": "sklearn"}},
-            {"kind": "Endpoint", "name": "ep", "spec": {"variants": [{"name": "primary", "model": "m"}]}},
+            {
+                "kind": "Model",
+                "name": "m",
+                "spec": {"artifact": "model.joblib", "runtime": "sklearn"},
+            },
+            {
+                "kind": "Endpoint",
+                "name": "ep",
+                "spec": {"variants": [{"name": "primary", "model": "m"}]},
+            },
         ],
     )
     server = ServerProcess(tmp_path / "state", "--store-url", fresh_postgres_url)

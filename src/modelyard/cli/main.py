@@ -74,7 +74,8 @@ def server(
     store_url: Annotated[
         str | None,
         typer.Option(
-            help="Store URL: sqlite:///path or postgresql://user@host/db [default: SQLite in the state dir]"
+            help="Store URL: sqlite:///PATH or postgresql://USER@HOST/DB "
+            "[default: SQLite in the state dir]"
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
@@ -115,7 +116,10 @@ def _progress_printer() -> Any:
             for r in v["replicas"]
             if r["state"] == "ready" and r["revision"] == view["revision"]
         )
-        line = f"  endpoint/{view['name']}: {view['status']} (revision {view['revision']}, {ready}/{total} replicas ready)"
+        line = (
+            f"  endpoint/{view['name']}: {view['status']} "
+            f"(revision {view['revision']}, {ready}/{total} replicas ready)"
+        )
         if view["status"] == "Failed" and view["message"]:
             line += f"\n    {view['message']}"
         if last.get(view["name"]) != line:
@@ -159,7 +163,8 @@ def apply(
                 failed.append(r["name"])
         if failed:
             err.print(
-                f"error: not in service: {', '.join(failed)} (see `modelyard describe endpoint NAME`)"
+                f"error: not in service: {', '.join(failed)} "
+                "(see `modelyard describe endpoint NAME`)"
             )
             raise typer.Exit(1)
 

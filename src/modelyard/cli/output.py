@@ -94,7 +94,8 @@ def describe_endpoint(view: dict[str, Any]) -> None:
     out.print(f"  Revision:   {view['revision']} (serving: {view['active_revision'] or '-'})")
     out.print(f"  URL:        {view['url']}", markup=False)
     out.print(
-        f"  Invocations: {view['invocations']}  4xx: {view['errors_4xx']}  5xx: {view['errors_5xx']}"
+        f"  Invocations: {view['invocations']}  "
+        f"4xx: {view['errors_4xx']}  5xx: {view['errors_5xx']}"
     )
     out.print("  Variants:")
     for v in view["variants"]:

@@ -21,8 +21,6 @@ from modelyard.errors import ModelyardError, PlatformError, UserError, from_payl
 from modelyard.settings import DEFAULT_STATE_DIR, SERVER_FILE, read_token
 from modelyard.spec import Document, load_documents
 
-TERMINAL = ("InService", "Failed")
-
 
 @dataclass(frozen=True, slots=True)
 class InvokeResult:
@@ -96,7 +94,8 @@ class Client:
             resp = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
             raise PlatformError(
-                f"cannot reach the Modelyard control plane at {self.url}: is `modelyard server` running?"
+                f"cannot reach the Modelyard control plane at {self.url}: "
+                "is `modelyard server` running?"
             ) from exc
         except httpx.HTTPError as exc:
             raise PlatformError(f"request to {self.url}{path} failed: {exc}") from exc
@@ -160,14 +159,17 @@ class Client:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         revision: int | None = None,
     ) -> dict[str, Any]:
-        """Poll until the endpoint is InService (on ``revision`` if given) or Failed."""
+        """Poll until the endpoint is InService (on ``revision`` if given) with the gateway
+        routing to it, or Failed."""
         deadline = time.monotonic() + timeout_s
         while True:
             view = self.describe_endpoint(name)
             if on_progress:
                 on_progress(view)
-            settled = view["status"] in TERMINAL
-            if revision is not None and view["status"] == "InService":
+            settled = view["status"] == "Failed" or (
+                view["status"] == "InService" and view.get("routed", True)
+            )
+            if revision is not None and settled and view["status"] == "InService":
                 settled = view["active_revision"] == revision or view["revision"] != revision
             if settled:
                 return view

@@ -23,6 +23,8 @@ class Context:
     gateway_url: str
     wake: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.time
+    #: when a gateway last began reading the routing table (None: no gateway has, since start-up)
+    routes_read_at: float | None = None
 
 
 def context(request: Request) -> Context:

@@ -45,7 +45,8 @@ def _type(prop: dict[str, Any]) -> str:
     if "anyOf" in prop:
         return " or ".join(_type(p) for p in prop["anyOf"])
     if "$ref" in prop:
-        return prop["$ref"].rsplit("/", 1)[-1].removesuffix("Spec").lower()
+        ref: str = prop["$ref"]
+        return ref.rsplit("/", 1)[-1].removesuffix("Spec").lower()
     kind = prop.get("type", "any")
     if kind == "array":
         return f"list of {_type(prop.get('items', {}))}"
@@ -95,9 +96,11 @@ def render() -> str:
     lines += [
         "## Cross-field rules",
         "",
-        "- `runtime: sklearn | onnx | python` need `artifact`; `python` needs `predictor: module:Class`",
-        "  (importable from the artifact directory); `container` needs `container.command`.",
-        "- `method` is for `sklearn` only; `predictor` for `python` only; `container` for `container` only.",
+        "- `runtime: sklearn | onnx | python` need `artifact`; `python` needs",
+        "  `predictor: module:Class` (importable from the artifact directory); `container` needs",
+        "  `container.command`.",
+        "- `method` is for `sklearn` only; `predictor` for `python` only; `container` for",
+        "  `container` only.",
         "- Variant names are unique within an endpoint; at least one variant has a weight above 0.",
         "- Every variant's `model` names a Model that exists (or is applied in the same file).",
         "- `type` is `realtime` in this version.",

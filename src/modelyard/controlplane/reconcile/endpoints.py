@@ -93,7 +93,7 @@ class EndpointController:
         observed = {rep.id: self._observe(rep) for rep in replicas}
         actions = plan(endpoint, revisions, replicas, observed, self.clock(), self.cfg)
         for action in actions:
-            self._apply(endpoint, {r.id: r for r in replicas}, revisions, action)
+            self._apply(endpoint, {r.id: r for r in replicas}, action)
 
     def _observe(self, rep: ReplicaRecord) -> Observation:
         proc = _proc(rep)
@@ -113,7 +113,6 @@ class EndpointController:
         self,
         endpoint: EndpointRecord,
         replicas: dict[str, ReplicaRecord],
-        revisions: dict[int, object],
         action: Action,
     ) -> None:
         now = self.clock()
@@ -249,7 +248,9 @@ class EndpointController:
                 state="crashed" if served else "failed",
                 message=f"could not start: {reason}",
                 attempts=rep.attempts + 1,
-                next_start_at=now + backoff[min(rep.restarts, len(backoff) - 1)] if served else None,
+                next_start_at=now + backoff[min(rep.restarts, len(backoff) - 1)]
+                if served
+                else None,
                 restarts=rep.restarts + (1 if served else 0),
             )
             repo.add_event(endpoint, f"replica {rep.id} could not start: {reason}", now)

@@ -18,5 +18,8 @@ def gateway_sync(
     counts: Annotated[dict[str, dict[str, list[int]]], Body(embed=True)],
 ) -> dict[str, Any]:
     """The gateway reports invocation counts since its last call and gets the routing table."""
-    endpoints.record_counts(ctx.store, counts, ctx.clock())
-    return {"routes": endpoints.routes(ctx.store)}
+    now = ctx.clock()
+    endpoints.record_counts(ctx.store, counts, now)
+    table = endpoints.routes(ctx.store)
+    ctx.routes_read_at = now
+    return {"routes": table}

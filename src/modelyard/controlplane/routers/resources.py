@@ -54,7 +54,7 @@ def list_endpoints(ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/endpoints/{name}")
 def describe_endpoint(ctx: Ctx, name: str) -> dict[str, Any]:
-    return endpoints.describe_endpoint(ctx.store, name, ctx.gateway_url)
+    return endpoints.describe_endpoint(ctx.store, name, ctx.gateway_url, ctx.routes_read_at)
 
 
 @router.delete("/endpoints/{name}", status_code=202)

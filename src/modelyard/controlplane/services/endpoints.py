@@ -47,7 +47,15 @@ def list_endpoints(store: Store) -> list[dict[str, Any]]:
         return [_summary(repo, e) for e in repo.list_endpoints()]
 
 
-def describe_endpoint(store: Store, name: str, gateway_url: str) -> dict[str, Any]:
+# A routing-table read that began this long after an endpoint's last change surely saw it.
+ROUTES_MARGIN_S = 0.1
+
+
+def describe_endpoint(
+    store: Store, name: str, gateway_url: str, routes_read_at: float | None = None
+) -> dict[str, Any]:
+    """Everything about one endpoint. ``routed`` says whether the gateway has picked up the
+    endpoint's latest change, so `apply --wait` returns only once invocations see it."""
     with store.tx() as repo:
         endpoint = repo.get_endpoint(name)
         if endpoint is None:
@@ -95,6 +103,8 @@ def describe_endpoint(store: Store, name: str, gateway_url: str) -> dict[str, An
     view.update(
         {
             "url": f"{gateway_url}/endpoints/{name}/invocations",
+            "routed": routes_read_at is not None
+            and routes_read_at > endpoint.updated_at + ROUTES_MARGIN_S,
             "spec": revision.spec,
             "models": revision.models,
             "variants": variants,
