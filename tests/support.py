@@ -93,6 +93,9 @@ class Predictor:
         self.prefix = open(model_dir + "/prefix.txt").read().strip()
 
     def predict(self, inputs):
+        if inputs == "sleep":
+            import time
+            time.sleep(30)
         if inputs == "raise":
             raise ValueError("the predictor refuses 'raise'")
         return {"echo": inputs, "prefix": self.prefix}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,16 @@ def _docs(root: Path) -> list[dict[str, Any]]:
             "name": "byoc",
             "spec": {"variants": [{"name": "primary", "model": "byoc"}]},
         },
+        {
+            "kind": "Endpoint",
+            "name": "ab",
+            "spec": {
+                "variants": [
+                    {"name": "a", "model": "byoc", "weight": 3},
+                    {"name": "b", "model": "byoc", "weight": 1},
+                ]
+            },
+        },
     ]
 
 
@@ -91,10 +102,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     w, b = make_onnx_model(root / "onnx" / "linear.onnx")
     make_python_predictor(root / "py")
     spec_file = write_yaml(root / "stack.yaml", _docs(root))
-    server = ServerProcess(root / "state")
+    server = ServerProcess(root / "state", "--invocation-timeout", "3")
     try:
         results = server.client.apply_file(spec_file)
-        for name in ("sk", "onnx", "echo", "byoc"):
+        for name in ("sk", "onnx", "echo", "byoc", "ab"):
             view = server.client.wait_endpoint(name, timeout_s=120)
             assert view["status"] == "InService", view
         yield {
@@ -157,6 +168,32 @@ def test_onnx_python_and_byoc_behind_the_same_gateway(world: dict[str, Any]) -> 
     byoc = server.invoke("byoc", b"12345", **{"Content-Type": "application/octet-stream"})
     assert byoc.status_code == 200
     assert byoc.json()["byoc"] is True and byoc.json()["length"] == 5
+
+
+def test_traffic_splits_by_variant_weight(world: dict[str, Any]) -> None:
+    server = world["server"]
+    seen = Counter(
+        server.invoke("ab", b"x", **{"Content-Type": "application/octet-stream"}).headers[
+            "x-amzn-invoked-production-variant"
+        ]
+        for _ in range(400)
+    )
+    assert set(seen) == {"a", "b"}
+    assert 2.0 < seen["a"] / seen["b"] < 4.5, seen  # weights 3:1
+    pinned = {
+        server.invoke("ab", b"x", **{"X-Amzn-SageMaker-Target-Variant": "b"}).headers[
+            "x-amzn-invoked-production-variant"
+        ]
+        for _ in range(20)
+    }
+    assert pinned == {"b"}
+
+
+def test_a_model_that_does_not_answer_in_time_gets_504(world: dict[str, Any]) -> None:
+    resp = world["server"].invoke("echo", "sleep")
+    assert resp.status_code == 504
+    assert "did not answer within 3 s" in resp.json()["message"]
+    assert world["server"].invoke("echo", "fine").status_code == 200
 
 
 def test_custom_attributes_pass_through(world: dict[str, Any]) -> None:
@@ -306,6 +343,13 @@ def test_weight_change_keeps_replicas_and_model_change_replaces_them(world: dict
         )
 
     wait_for(old_gone, 60, what="the old replicas to stop")
+
+    rolled = client.rollback_endpoint("sk", view["revision"] - 1)
+    assert rolled["action"] == "updated" and rolled["revision"] == view["revision"] + 1
+    view = client.wait_endpoint("sk", revision=rolled["revision"], timeout_s=120)
+    assert view["active_revision"] == rolled["revision"]
+    again = server.invoke("sk", {"instances": [ROW]})
+    assert np.allclose(again.json()["predictions"], world["sk"].predict_proba(np.array([ROW])))
 
 
 def test_failures_are_reported_with_the_reason(world: dict[str, Any]) -> None:

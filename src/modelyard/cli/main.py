@@ -170,6 +170,31 @@ def apply(
 
 
 @app.command()
+def rollback(
+    endpoint: Annotated[str, typer.Argument()],
+    to_revision: Annotated[int, typer.Option("--to-revision", help="The revision to return to")],
+    wait: Annotated[bool, typer.Option(help="Wait until it is InService")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait")] = 300,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Roll an endpoint back to an earlier revision (recorded as a new revision)."""
+    with _client(url, state_dir) as client:
+        result = client.rollback_endpoint(endpoint, to_revision)
+        out.print(f"endpoint/{endpoint} {result['action']} (revision {result['revision']})")
+        if wait:
+            view = client.wait_endpoint(
+                endpoint,
+                timeout_s=timeout,
+                on_progress=_progress_printer(),
+                revision=result["revision"],
+            )
+            if view["active_revision"] != result["revision"]:
+                err.print(f"error: rollback did not complete: {view['message'] or view['status']}")
+                raise typer.Exit(1)
+
+
+@app.command()
 def get(
     kind: Annotated[str, typer.Argument(help="models | endpoints")],
     name: Annotated[str | None, typer.Argument(help="One resource by name")] = None,

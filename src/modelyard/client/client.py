@@ -136,6 +136,12 @@ class Client:
     def describe_endpoint(self, name: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/api/v1/endpoints/{name}"))
 
+    def rollback_endpoint(self, name: str, revision: int) -> dict[str, Any]:
+        """Roll out revision ``revision`` again (as a new revision); returns what happened."""
+        return dict(
+            self._call("POST", f"/api/v1/endpoints/{name}/rollback", json={"revision": revision})
+        )
+
     def delete_endpoint(self, name: str, *, wait: bool = True, timeout_s: float = 120) -> None:
         self._call("DELETE", f"/api/v1/endpoints/{name}")
         if not wait:

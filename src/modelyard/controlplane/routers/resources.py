@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, Query
 from modelyard.controlplane.deps import Context, context
 from modelyard.controlplane.services import endpoints, models
 from modelyard.controlplane.services.apply import apply_documents
+from modelyard.controlplane.services.apply import rollback_endpoint as rollback_endpoint_service
 from modelyard.errors import InvalidInputError
 from modelyard.spec import parse_documents
 
@@ -55,6 +56,17 @@ def list_endpoints(ctx: Ctx) -> dict[str, Any]:
 @router.get("/endpoints/{name}")
 def describe_endpoint(ctx: Ctx, name: str) -> dict[str, Any]:
     return endpoints.describe_endpoint(ctx.store, name, ctx.gateway_url, ctx.routes_read_at)
+
+
+@router.post("/endpoints/{name}/rollback", summary="Roll out an earlier revision again")
+def rollback_endpoint(
+    ctx: Ctx,
+    name: str,
+    revision: Annotated[int, Body(embed=True, ge=1, description="The revision to return to")],
+) -> dict[str, Any]:
+    result = rollback_endpoint_service(ctx.store, name, revision, ctx.clock())
+    ctx.wake.set()
+    return result.to_json()
 
 
 @router.delete("/endpoints/{name}", status_code=202)

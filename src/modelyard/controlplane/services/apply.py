@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard import storage
-from modelyard.controlplane.store.repo import Repo, Store
-from modelyard.errors import ConflictError, MissingDependencyError, SpecError
+from modelyard.controlplane.store.repo import EndpointRecord, Repo, Store
+from modelyard.errors import ConflictError, MissingDependencyError, NotFoundError, SpecError
 from modelyard.spec import Document, EndpointDocument, ModelDocument, ModelSpec, dump_spec
 
 _RUNTIME_PACKAGES = {"onnx": ("onnxruntime", "onnx")}
@@ -55,8 +55,19 @@ def _models_of(repo: Repo, spec: dict[str, Any]) -> dict[str, Any]:
     return models
 
 
-def _revise(repo: Repo, name: str, spec: dict[str, Any], now: float, force: bool) -> Applied:
-    """Record a new revision when the endpoint spec or one of its models changed."""
+def _new_revision(
+    repo: Repo, endpoint: EndpointRecord, spec: dict[str, Any], models: dict[str, Any], now: float
+) -> int:
+    number = repo.latest_revision_number(endpoint.name) + 1
+    repo.add_revision(endpoint.name, number, spec, models, now)
+    status = "Creating" if endpoint.active_revision is None else "Updating"
+    repo.update_endpoint(endpoint.name, now, target_revision=number, status=status, message="")
+    return number
+
+
+def _revise(repo: Repo, name: str, spec: dict[str, Any], now: float) -> Applied:
+    """Record a new revision when the endpoint spec or one of its models changed (or when the
+    endpoint failed: applying again is how a user retries)."""
     models = _models_of(repo, spec)
     endpoint = repo.get_endpoint(name)
     if endpoint is None:
@@ -69,14 +80,33 @@ def _revise(repo: Repo, name: str, spec: dict[str, Any], now: float, force: bool
         raise ConflictError(f"endpoint {name!r} is being deleted; apply again once it is gone")
     current = repo.get_revision(name, endpoint.target_revision)
     failed = endpoint.status == "Failed"
-    if current and current.spec == spec and current.models == models and not force and not failed:
+    if current and current.spec == spec and current.models == models and not failed:
         return Applied("Endpoint", name, "unchanged", endpoint.target_revision)
-    number = repo.latest_revision_number(name) + 1
-    repo.add_revision(name, number, spec, models, now)
-    status = "Creating" if endpoint.active_revision is None else "Updating"
-    repo.update_endpoint(name, now, target_revision=number, status=status, message="")
+    number = _new_revision(repo, endpoint, spec, models, now)
     repo.add_event(name, f"updated; revision {number}", now)
     return Applied("Endpoint", name, "updated", number)
+
+
+def rollback_endpoint(store: Store, name: str, to_revision: int, now: float) -> Applied:
+    """Roll out an earlier revision again, as a new revision with the same endpoint spec and the
+    same model specs it had (revisions are immutable; history only grows)."""
+    with store.tx() as repo:
+        endpoint = repo.get_endpoint(name)
+        if endpoint is None:
+            raise NotFoundError(f"no endpoint named {name!r}")
+        if endpoint.deleting:
+            raise ConflictError(f"endpoint {name!r} is being deleted")
+        old = repo.get_revision(name, to_revision)
+        if old is None:
+            known = ", ".join(str(r.number) for r in repo.list_revisions(name))
+            raise NotFoundError(f"endpoint {name!r} has no revision {to_revision} (has: {known})")
+        current = repo.get_revision(name, endpoint.target_revision)
+        same = current is not None and (current.spec, current.models) == (old.spec, old.models)
+        if same and endpoint.status != "Failed":
+            return Applied("Endpoint", name, "unchanged", endpoint.target_revision)
+        number = _new_revision(repo, endpoint, old.spec, old.models, now)
+        repo.add_event(name, f"rolling back to revision {to_revision} as revision {number}", now)
+        return Applied("Endpoint", name, "updated", number)
 
 
 def apply_documents(store: Store, docs: list[Document], now: float) -> list[Applied]:
@@ -110,12 +140,12 @@ def apply_documents(store: Store, docs: list[Document], now: float) -> list[Appl
         for doc in docs:
             if isinstance(doc, EndpointDocument):
                 batch_endpoints.add(doc.name)
-                results.append(_revise(repo, doc.name, dump_spec(doc.spec), now, force=False))
+                results.append(_revise(repo, doc.name, dump_spec(doc.spec), now))
         # Endpoints not in this batch that run a changed model roll out the new model too.
         for endpoint in repo.list_endpoints():
             if endpoint.name in batch_endpoints or endpoint.deleting:
                 continue
             rev = repo.get_revision(endpoint.name, endpoint.target_revision)
             if rev and changed_models & {v["model"] for v in rev.spec["variants"]}:
-                results.append(_revise(repo, endpoint.name, rev.spec, now, force=False))
+                results.append(_revise(repo, endpoint.name, rev.spec, now))
     return results
