@@ -95,7 +95,7 @@ class Predictor:
     def predict(self, inputs):
         if inputs == "sleep":
             import time
-            time.sleep(30)
+            time.sleep(5)
         if inputs == "raise":
             raise ValueError("the predictor refuses 'raise'")
         return {"echo": inputs, "prefix": self.prefix}
@@ -114,8 +114,11 @@ BYOC_SOURCE = '''
 import json, os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+HELD = []
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes
 
     def _send(self, status, body):
         data = json.dumps(body).encode()
@@ -131,6 +134,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(length)
+        if body == b"grow":  # hold 300 MB of written (so resident) memory
+            HELD.append(b"x" * (300 * 1024 * 1024))
         self._send(200, {"byoc": True, "length": len(body), "pid": os.getpid()})
 
     def log_message(self, *args):
@@ -180,6 +185,7 @@ class ServerProcess:
         self.gateway_url: str = info["gateway_url"]
         wait_for(self._healthy, 30, what="the control plane to answer /healthz")
         self.client = Client(state_dir=state_dir)
+        self.http = httpx.Client(trust_env=False, timeout=70)
 
     def _server_info(self) -> dict[str, Any] | None:
         if self.proc.poll() is not None:
@@ -202,16 +208,13 @@ class ServerProcess:
     def invoke(self, endpoint: str, body: Any, **headers: str) -> httpx.Response:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         hdrs = {"Content-Type": "application/json", **headers}
-        return httpx.post(
-            f"{self.gateway_url}/endpoints/{endpoint}/invocations",
-            content=data,
-            headers=hdrs,
-            timeout=70,
-            trust_env=False,
+        return self.http.post(
+            f"{self.gateway_url}/endpoints/{endpoint}/invocations", content=data, headers=hdrs
         )
 
     def stop(self, timeout_s: float = 60) -> int:
         self.client.close()
+        self.http.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -84,6 +84,11 @@ def _docs(root: Path) -> list[dict[str, Any]]:
         },
         {
             "kind": "Endpoint",
+            "name": "hog",
+            "spec": {"variants": [{"name": "a", "model": "byoc", "resources": {"memory_mb": 128}}]},
+        },
+        {
+            "kind": "Endpoint",
             "name": "ab",
             "spec": {
                 "variants": [
@@ -105,7 +110,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     server = ServerProcess(root / "state", "--invocation-timeout", "3")
     try:
         results = server.client.apply_file(spec_file)
-        for name in ("sk", "onnx", "echo", "byoc", "ab"):
+        for name in ("sk", "onnx", "echo", "byoc", "ab", "hog"):
             view = server.client.wait_endpoint(name, timeout_s=120)
             assert view["status"] == "InService", view
         yield {
@@ -194,6 +199,31 @@ def test_a_model_that_does_not_answer_in_time_gets_504(world: dict[str, Any]) ->
     assert resp.status_code == 504
     assert "did not answer within 3 s" in resp.json()["message"]
     assert world["server"].invoke("echo", "fine").status_code == 200
+
+
+def test_replica_over_its_memory_limit_is_killed_and_restarted(world: dict[str, Any]) -> None:
+    server = world["server"]
+    before = server.client.describe_endpoint("hog")["variants"][0]["replicas"][0]
+    assert (
+        server.invoke("hog", b"grow", **{"Content-Type": "application/octet-stream"}).status_code
+        == 200
+    )
+
+    def restarted() -> dict[str, Any] | None:
+        view = server.client.describe_endpoint("hog")
+        rep = view["variants"][0]["replicas"][0]
+        return view if rep["restarts"] == 1 and rep["state"] == "ready" else None
+
+    view = wait_for(restarted, 60, what="the replica to be killed and restarted")
+    rep = view["variants"][0]["replicas"][0]
+    assert rep["pid"] != before["pid"]
+    assert "over its memory limit" in rep["message"] and "> 128 MB" in rep["message"]
+    events = " ".join(e["message"] for e in view["events"])
+    assert "went over its memory limit" in events
+    assert (
+        server.invoke("hog", b"small", **{"Content-Type": "application/octet-stream"}).status_code
+        == 200
+    )
 
 
 def test_custom_attributes_pass_through(world: dict[str, Any]) -> None:

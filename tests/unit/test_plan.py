@@ -14,6 +14,7 @@ from modelyard.controlplane.reconcile.plan import (
     DeleteEndpoint,
     FailReplica,
     Forget,
+    KillOverMemory,
     MarkExited,
     MarkReady,
     Observation,
@@ -481,3 +482,27 @@ def test_weight_only_update_with_a_crashed_carried_replica_still_completes() -> 
     reps = [replica("r1"), replica("r2", state="crashed", next_start_at=5.0)]
     actions = run(endpoint(2, 1), revs, reps, now=10)
     assert any(isinstance(a, (Restart, StartNew)) for a in actions), actions
+
+
+# -- memory limit ------------------------------------------------------------------------------
+
+
+def _limited(memory_mb: int | None) -> RevisionRecord:
+    v = variant(count=1)
+    v["resources"] = {"cpus": None, "memory_mb": memory_mb}
+    return revision(1, v)
+
+
+def test_replica_over_its_memory_limit_is_killed() -> None:
+    rep = replica("r1")
+    observed = {"r1": Observation(exit_code=None, ready=False, memory_mb=300.0)}
+    actions = run(endpoint(1, 1), [_limited(256)], [rep], observed)
+    assert actions == [KillOverMemory("r1", 300.0, 256)]
+
+
+@pytest.mark.parametrize(("limit", "used"), [(256, 200.0), (None, 5000.0), (256, None)])
+def test_replica_within_its_limit_or_without_one_is_left_alone(
+    limit: int | None, used: float | None
+) -> None:
+    observed = {"r1": Observation(exit_code=None, ready=False, memory_mb=used)}
+    assert run(endpoint(1, 1), [_limited(limit)], [replica("r1")], observed) == []

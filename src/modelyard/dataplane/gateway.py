@@ -118,8 +118,8 @@ class Gateway:
             self._kick.clear()
 
     async def _fresh_route(self, name: str) -> EndpointRoute | None:
-        """Look an unknown endpoint up again after a sync that starts now, so a request sent
-        right after `apply --wait` returned does not miss a routing table a moment old."""
+        """Look an endpoint up again after a sync that starts now, so a request sent right after
+        `apply --wait` returned (or a replica came back) does not miss a table a moment old."""
         target = self._syncs_started + 1
         self._kick.set()
         async with self._sync_cond:
@@ -196,7 +196,18 @@ class Gateway:
             body = await self._read_body(headers, receive)
             variant = self._variant(route, headers)
             variant_name = variant.name
-            status, out_headers, out_body = await self._forward(variant, headers, body)
+            answer = await self._forward(variant, headers, body)
+            if answer is None:  # no replica reached: the table may be a moment old, look again
+                fresh = await self._fresh_route(name)
+                variant = (fresh.variants.get(variant_name) if fresh else None) or variant
+                answer = await self._forward(variant, headers, body)
+            if answer is None:
+                raise _fail(
+                    503,
+                    sm.SERVICE_UNAVAILABLE,
+                    f"variant {variant_name} has no ready replica; try again shortly",
+                )
+            status, out_headers, out_body = answer
         except GatewayError as exc:
             if name in self.routes:
                 self._count(name, variant_name or "-", exc.status)
@@ -261,7 +272,8 @@ class Gateway:
 
     async def _forward(
         self, variant: VariantRoute, headers: dict[bytes, bytes], body: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """The replica's answer, or None when no replica could be reached."""
         assert self._session is not None
         upstream_headers = {"Content-Type": headers.get(b"content-type", _JSON).decode("latin-1")}
         for key in (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID):
@@ -272,11 +284,7 @@ class Gateway:
         for _attempt in range(2):
             upstream = variant.choose(exclude=tried)
             if upstream is None:
-                raise _fail(
-                    503,
-                    sm.SERVICE_UNAVAILABLE,
-                    f"variant {variant.name} has no ready replica; try again shortly",
-                )
+                return None
             upstream.outstanding += 1
             try:
                 async with self._session.post(
@@ -311,7 +319,7 @@ class Gateway:
             if attrs is not None:
                 out.append((sm.H_CUSTOM_ATTRIBUTES, attrs.encode("latin-1")))
             return status, out, payload
-        raise _fail(503, sm.SERVICE_UNAVAILABLE, f"no replica of variant {variant.name} answered")
+        return None
 
 
 async def _respond(send: Send, status: int, body: bytes, error_type: str | None = None) -> None:

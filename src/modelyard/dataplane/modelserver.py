@@ -307,4 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Exit without joining the predict threads: a model call stuck past the gateway's timeout must
+    # not hold a draining replica (the interpreter's exit would wait for it).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

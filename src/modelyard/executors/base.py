@@ -19,6 +19,7 @@ class ReplicaLaunch:
     model_name: str
     model: ModelSpec
     log_path: Path
+    cpus: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,10 @@ class Executor(Protocol):
 
     def ready(self, proc: ReplicaProcess, timeout_s: float) -> bool:
         """Whether the replica answers ``GET /ping`` with 200."""
+        ...
+
+    def memory_mb(self, proc: ReplicaProcess) -> float | None:
+        """Resident memory of the replica (with its child processes), None when unknown."""
         ...
 
     def signal(self, proc: ReplicaProcess, how: Literal["term", "kill"]) -> None:

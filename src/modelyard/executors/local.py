@@ -4,7 +4,9 @@ outlive a control-plane restart and are re-adopted by pid (checked against the p
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -26,6 +28,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _thread_limits(cpus: float | None) -> dict[str, str]:
+    """A variant's ``cpus`` sizes the math libraries' thread pools (a model's own environment
+    still wins). It is a sizing hint, not a hard CPU cap."""
+    if cpus is None:
+        return {}
+    threads = str(max(1, math.ceil(cpus)))
+    return {name: threads for name in THREAD_VARS}
+
+
 class LocalExecutor:
     def __init__(self, run_dir: Path, cache_dir: Path, host: str = "127.0.0.1") -> None:
         self.run_dir = run_dir
@@ -35,7 +49,8 @@ class LocalExecutor:
         self._http = httpx.Client(timeout=2.0, trust_env=False)
 
     def _command(self, launch: ReplicaLaunch, port: int) -> tuple[list[str], dict[str, str]]:
-        env = {**os.environ, **launch.model.environment, "PORT": str(port)}
+        env = {**os.environ, **_thread_limits(launch.cpus), **launch.model.environment}
+        env["PORT"] = str(port)
         env["MODELYARD_REPLICA_ID"] = launch.replica_id
         if launch.model.container is not None:
             env.update(launch.model.container.env)
@@ -108,6 +123,18 @@ class LocalExecutor:
             return self._http.get(f"{proc.address}/ping", timeout=timeout_s).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def memory_mb(self, proc: ReplicaProcess) -> float | None:
+        try:
+            root = psutil.Process(proc.pid)
+            tree = [root, *root.children(recursive=True)]
+            total = 0
+            for process in tree:
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_info().rss
+        except psutil.Error:
+            return None
+        return total / (1024 * 1024)
 
     def signal(self, proc: ReplicaProcess, how: Literal["term", "kill"]) -> None:
         if self.exit_code(proc) is not None:

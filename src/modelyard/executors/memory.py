@@ -14,6 +14,7 @@ class FakeReplica:
     proc: ReplicaProcess
     ready: bool = False
     exit_code: int | None = None
+    memory_mb: float | None = None
     signals: list[str] = field(default_factory=list)
 
 
@@ -46,6 +47,10 @@ class MemoryExecutor:
     def ready(self, proc: ReplicaProcess, timeout_s: float) -> bool:
         fake = self.replicas.get(proc.pid)
         return bool(fake and fake.exit_code is None and fake.ready)
+
+    def memory_mb(self, proc: ReplicaProcess) -> float | None:
+        fake = self.replicas.get(proc.pid)
+        return fake.memory_mb if fake else None
 
     def signal(self, proc: ReplicaProcess, how: Literal["term", "kill"]) -> None:
         fake = self.replicas.get(proc.pid)

@@ -18,6 +18,7 @@ from modelyard.controlplane.reconcile.plan import (
     DeleteEndpoint,
     FailReplica,
     Forget,
+    KillOverMemory,
     MarkExited,
     MarkReady,
     Observation,
@@ -36,6 +37,7 @@ from modelyard.executors.base import Executor, ReplicaLaunch, ReplicaProcess
 from modelyard.spec import ModelSpec
 
 log = logging.getLogger("modelyard.controller")
+OVER_MEMORY = "over its memory limit"
 
 
 def tail_lines(path: str | Path, count: int = 10) -> list[str]:
@@ -106,7 +108,7 @@ class EndpointController:
             last = tail_lines(rep.log_path, 1)
             return Observation(exit_code=code, ready=False, last_log_line=last[-1] if last else "")
         ready = rep.state == "starting" and self.executor.ready(proc, 1.0)
-        return Observation(exit_code=None, ready=ready)
+        return Observation(exit_code=None, ready=ready, memory_mb=self.executor.memory_mb(proc))
 
     # applying ------------------------------------------------------------------------------
     def _apply(
@@ -122,7 +124,10 @@ class EndpointController:
             case MarkReady(replica_id):
                 self._update(replica_id, state="ready", ever_ready=True, ready_at=now)
             case MarkExited(replica_id, code, permanent, restart_at):
+                assert rep is not None
                 detail = f"exited with status {code}"
+                if rep.message.startswith(OVER_MEMORY):
+                    detail += f" ({rep.message})"
                 with self.store.tx() as repo:
                     repo.update_replica(
                         replica_id,
@@ -137,6 +142,15 @@ class EndpointController:
                 with self.store.tx() as repo:
                     repo.update_replica(replica_id, state="failed", message=reason)
                     repo.add_event(name, f"replica {replica_id} {reason}", now)
+            case KillOverMemory(replica_id, used, limit):
+                assert rep is not None
+                reason = f"{OVER_MEMORY} ({used:.0f} MB > {limit} MB); killed"
+                proc = _proc(rep)
+                if proc is not None:
+                    self.executor.signal(proc, "kill")
+                with self.store.tx() as repo:
+                    repo.update_replica(replica_id, message=reason)
+                    repo.add_event(name, f"replica {replica_id} went {reason}", now)
             case StartNew(revision, variant):
                 self._start_new(name, revision, variant)
             case Restart(replica_id):
@@ -210,6 +224,7 @@ class EndpointController:
             model_name=vspec["model"],
             model=model,
             log_path=Path(rep.log_path),
+            cpus=(vspec.get("resources") or {}).get("cpus"),
         )
         now = self.clock()
         try:

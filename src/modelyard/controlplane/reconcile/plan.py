@@ -31,6 +31,7 @@ class Observation:
     exit_code: int | None  # None: running
     ready: bool
     last_log_line: str = ""  # read when the replica has exited, for the failure's reason
+    memory_mb: float | None = None  # resident memory of the replica's process tree
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,13 @@ class MarkExited:
 class FailReplica:
     replica_id: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class KillOverMemory:
+    replica_id: str
+    used_mb: float
+    limit_mb: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,7 @@ Action = (
     MarkReady
     | MarkExited
     | FailReplica
+    | KillOverMemory
     | StartNew
     | Restart
     | Stop
@@ -132,6 +141,12 @@ def variant_key(revision: RevisionRecord, variant: str) -> str | None:
     model = revision.models.get(spec["model"])
     shape = [variant, spec["model"], model, spec.get("resources"), spec.get("startup_timeout_s")]
     return json.dumps(shape, sort_keys=True)
+
+
+def _variant_spec(revision: RevisionRecord | None, variant: str) -> Mapping[str, Any] | None:
+    if revision is None:
+        return None
+    return next((v for v in revision.spec["variants"] if v["name"] == variant), None)
 
 
 def _observe(
@@ -171,6 +186,9 @@ def _observe(
         return ("failed" if permanent else "crashed"), [
             MarkExited(rep.id, obs.exit_code, permanent, restart_at)
         ]
+    limit = ((variant_spec or {}).get("resources") or {}).get("memory_mb")
+    if limit and obs.memory_mb is not None and obs.memory_mb > limit:
+        return rep.state, [KillOverMemory(rep.id, obs.memory_mb, int(limit))]
     if rep.state == "starting":
         if obs.ready:
             return "ready", [MarkReady(rep.id)]
@@ -222,7 +240,7 @@ def plan(
     state: dict[str, str] = {}
     reasons: dict[str, str] = {}
     for rep in replicas:
-        spec = variants.get(rep.variant) if rep.revision == target.number else None
+        spec = _variant_spec(revisions.get(rep.revision), rep.variant)
         serving = rep.revision == endpoint.active_revision
         new_state, acts = _observe(rep, observed.get(rep.id), spec, now, cfg, not serving)
         state[rep.id] = new_state
