@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
 import threading
+
+from modelyard.settings import ServerSettings, read_token
 
 
 def watch_parent(stop: threading.Event) -> None:
@@ -28,3 +31,19 @@ def absorb_reraised_signals() -> None:
     clean-up after ``server.run`` (draining replicas) runs instead of the default handler."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+
+
+def child_start(prog: str, log_level: int) -> tuple[int, ServerSettings, str]:
+    """What every server child starts from: the inherited socket's fd (``--fd``), the settings
+    the supervisor passed in ``MODELYARD_SETTINGS``, and the control-plane token."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--fd", type=int, required=True, help="inherited listening socket")
+    args = parser.parse_args()
+    quiet_logging(log_level)
+    settings = ServerSettings.from_json(os.environ["MODELYARD_SETTINGS"])
+    token = read_token(settings.state_dir)
+    if not token:
+        raise SystemExit(
+            f"{prog}: no token in {settings.state_dir}; start it with `modelyard server`"
+        )
+    return args.fd, settings, token

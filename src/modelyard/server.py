@@ -24,9 +24,7 @@ from types import FrameType
 from typing import IO
 
 from modelyard.errors import UserError
-from modelyard.settings import SERVER_FILE, ServerSettings, ensure_token
-
-INVOKE_TOKEN_FILE = "invoke-token"
+from modelyard.settings import SERVER_FILE, ServerSettings, ensure_invoke_token, ensure_token
 
 
 @dataclass
@@ -52,19 +50,6 @@ def _bind(host: str, port: int, what: str, flag: str) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
-
-
-def ensure_invoke_token(state_dir: Path) -> str:
-    path = state_dir / INVOKE_TOKEN_FILE
-    if path.exists():
-        return path.read_text().strip()
-    import secrets
-
-    token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return token
 
 
 class Supervisor:

@@ -13,6 +13,7 @@ DEFAULT_STATE_DIR = ".modelyard"
 DEFAULT_API_PORT = 8700
 DEFAULT_GATEWAY_PORT = 8701
 TOKEN_FILE = "token"
+INVOKE_TOKEN_FILE = "invoke-token"
 SERVER_FILE = "server.json"
 
 
@@ -65,9 +66,10 @@ def default_store_url(state_dir: Path) -> str:
     return f"sqlite:///{(state_dir / 'modelyard.db').resolve()}"
 
 
-def ensure_token(state_dir: Path) -> str:
-    """The control-plane token: generated on first start, stored with mode 0600."""
-    path = state_dir / TOKEN_FILE
+def ensure_token(state_dir: Path, name: str = TOKEN_FILE) -> str:
+    """A token (the control plane's, or the invoke token): generated on first start, stored with
+    mode 0600 in the state directory, where the CLI and SDK read it."""
+    path = state_dir / name
     if path.exists():
         return path.read_text().strip()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,8 +80,12 @@ def ensure_token(state_dir: Path) -> str:
     return token
 
 
-def read_token(state_dir: Path) -> str | None:
-    path = state_dir / TOKEN_FILE
+def ensure_invoke_token(state_dir: Path) -> str:
+    return ensure_token(state_dir, INVOKE_TOKEN_FILE)
+
+
+def read_token(state_dir: Path, name: str = TOKEN_FILE) -> str | None:
+    path = state_dir / name
     try:
         return path.read_text().strip() or None
     except OSError:

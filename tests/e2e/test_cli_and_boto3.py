@@ -117,6 +117,38 @@ def test_logs(deployed: dict[str, Any]) -> None:
     assert out.returncode == 0 and "ready on" in out.stdout
 
 
+def test_logs_follow_prints_new_lines_as_they_come(deployed: dict[str, Any]) -> None:
+    state = deployed["server"].state_dir
+    log_file = next((state / "logs" / "churn").glob("*.log"))
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelyard.cli.main",
+            "logs",
+            "churn",
+            "--follow",
+            "--tail",
+            "1",
+            "--state-dir",
+            str(state),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as follower:
+        try:
+            assert follower.stdout is not None
+            first = follower.stdout.readline()
+            assert first.startswith("[r-")
+            with open(log_file, "a") as fh:  # what a replica writes later shows up
+                fh.write("a line written after --follow started\n")
+            line = follower.stdout.readline()
+            assert line.strip().endswith("a line written after --follow started")
+        finally:
+            follower.terminate()
+
+
 def test_boto3_invoke_endpoint(deployed: dict[str, Any]) -> None:
     server = deployed["server"]
     token = (server.state_dir / "invoke-token").read_text().strip()

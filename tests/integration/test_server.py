@@ -286,6 +286,8 @@ def test_api_requires_the_token(world: dict[str, Any]) -> None:
     assert (server.state_dir / "token").stat().st_mode & 0o777 == 0o600
     docs = httpx.get(f"{server.api_url}/openapi.json", trust_env=False)
     assert docs.status_code == 200 and "/api/v1/apply" in docs.json()["paths"]
+    human = httpx.get(f"{server.api_url}/docs", trust_env=False)
+    assert human.status_code == 200 and "openapi.json" in human.text
 
 
 def test_invalid_apply_changes_nothing(world: dict[str, Any]) -> None:

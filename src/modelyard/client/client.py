@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from modelyard.errors import ModelyardError, PlatformError, UserError, from_payload
-from modelyard.settings import DEFAULT_STATE_DIR, SERVER_FILE, read_token
+from modelyard.settings import DEFAULT_STATE_DIR, INVOKE_TOKEN_FILE, SERVER_FILE, read_token
 from modelyard.spec import Document, load_documents
 
 
@@ -72,8 +72,7 @@ class Client:
         self.invoke_token = invoke_token or os.environ.get("MODELYARD_INVOKE_TOKEN")
         if self.invoke_token is None:
             folder = Path(state_dir or os.environ.get("MODELYARD_STATE_DIR") or DEFAULT_STATE_DIR)
-            path = folder / "invoke-token"
-            self.invoke_token = path.read_text().strip() if path.exists() else None
+            self.invoke_token = read_token(folder, INVOKE_TOKEN_FILE)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout_s, trust_env=False

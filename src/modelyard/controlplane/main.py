@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import socket
 import threading
 
@@ -16,18 +14,11 @@ from modelyard.controlplane.reconcile.endpoints import EndpointController
 from modelyard.controlplane.reconcile.plan import PlanSettings
 from modelyard.controlplane.store.repo import Store
 from modelyard.executors.local import LocalExecutor
-from modelyard.process import absorb_reraised_signals, quiet_logging, watch_parent
-from modelyard.settings import ServerSettings, read_token
+from modelyard.process import absorb_reraised_signals, child_start, watch_parent
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="modelyard-controlplane")
-    parser.add_argument("--fd", type=int, required=True)
-    args = parser.parse_args(argv)
-    quiet_logging(logging.INFO)
-    settings = ServerSettings.from_json(os.environ["MODELYARD_SETTINGS"])
-    token = read_token(settings.state_dir)
-    assert token, "the supervisor writes the token before starting the control plane"
+def main() -> None:
+    fd, settings, token = child_start("modelyard-controlplane", logging.INFO)
 
     store = Store(settings.store_url)
     store.migrate()
@@ -59,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     server = uvicorn.Server(config)
     absorb_reraised_signals()
     try:
-        server.run(sockets=[socket.socket(fileno=args.fd)])
+        server.run(sockets=[socket.socket(fileno=fd)])
     finally:
         stop.set()
         controller.wake.set()

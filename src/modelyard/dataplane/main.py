@@ -1,32 +1,23 @@
-"""The gateway process. Started by ``server``; also runs alone from a saved routing table."""
+"""The gateway process, started by ``modelyard server`` on a socket the supervisor holds."""
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import socket
 import threading
 
 import uvicorn
 
 from modelyard.dataplane.gateway import Gateway
-from modelyard.process import absorb_reraised_signals, quiet_logging, watch_parent
-from modelyard.server import INVOKE_TOKEN_FILE
-from modelyard.settings import ServerSettings, read_token
+from modelyard.process import absorb_reraised_signals, child_start, watch_parent
+from modelyard.settings import INVOKE_TOKEN_FILE, read_token
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="modelyard-gateway")
-    parser.add_argument("--fd", type=int, required=True)
-    args = parser.parse_args(argv)
-    quiet_logging(logging.WARNING)
-    settings = ServerSettings.from_json(os.environ["MODELYARD_SETTINGS"])
-    token = read_token(settings.state_dir)
-    assert token
+def main() -> None:
+    fd, settings, token = child_start("modelyard-gateway", logging.WARNING)
     invoke_token = None
     if settings.require_invoke_token:
-        invoke_token = (settings.state_dir / INVOKE_TOKEN_FILE).read_text().strip()
+        invoke_token = read_token(settings.state_dir, INVOKE_TOKEN_FILE)
     gateway = Gateway(
         control_url=f"http://{settings.host}:{settings.api_port}",
         token=token,
@@ -47,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_keep_alive=30,
     )
     absorb_reraised_signals()
-    uvicorn.Server(config).run(sockets=[socket.socket(fileno=args.fd)])
+    uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 
 
 if __name__ == "__main__":
