@@ -232,8 +232,11 @@ class Gateway:
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")
         too_big = f"payload larger than the limit of {self.max_payload // (1024 * 1024)} MB"
-        if declared is not None and int(declared) > self.max_payload:
-            raise _fail(413, sm.VALIDATION, too_big)
+        if declared is not None:
+            if not declared.isdigit():
+                raise _fail(400, sm.VALIDATION, "Content-Length must be a whole number of bytes")
+            if int(declared) > self.max_payload:
+                raise _fail(413, sm.VALIDATION, too_big)
         chunks: list[bytes] = []
         size = 0
         while True:

@@ -64,8 +64,7 @@ class ReplicaApp:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        # Runtimes that take JSON values as they are (python predictors) say so.
-        self.to_array = bool(getattr(runtime, "array_inputs", True))
+        self.to_array = runtime.array_inputs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # uvicorn runs with lifespan off
@@ -119,9 +118,7 @@ class ReplicaApp:
             outputs = self.runtime.predict(inputs)
         except ModelyardError:
             raise
-        except (
-            Exception
-        ) as exc:  # the model raised: the caller gets its error, as the contract says
+        except Exception as exc:  # the model raised: the caller gets its error (the contract)
             raise ModelInvocationError(f"{type(exc).__name__}: {exc}") from exc
         try:
             payload, _ = codecs.encode(outputs, media)

@@ -20,6 +20,8 @@ class Runtime(ABC):
     name: str = ""
     #: True when ``predict`` on N rows costs about what it costs on one (adaptive batching uses it).
     can_batch: bool = False
+    #: True: JSON inputs arrive as a numeric numpy array; False: as the decoded JSON value.
+    array_inputs: bool = True
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
