@@ -8,6 +8,7 @@ package, the package and the extra that installs it, so that a missing package i
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,16 @@ _PLUGINS: dict[str, _Plugin] = {
 def runtime_names() -> list[str]:
     """The runtimes the model server can load, sorted."""
     return sorted(_PLUGINS)
+
+
+def check_installed(name: str) -> None:
+    """Raise MissingDependencyError when runtime ``name`` needs a package that is not installed
+    (checked without importing it, so the control plane can ask before any replica starts)."""
+    plugin = _PLUGINS.get(name)
+    if not (plugin and plugin.package and plugin.extra):
+        return
+    if importlib.util.find_spec(plugin.package) is None:
+        raise MissingDependencyError(plugin.package, plugin.extra)
 
 
 def get_runtime_class(name: str) -> type[Runtime]:

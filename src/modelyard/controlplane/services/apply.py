@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
 from modelyard import storage
 from modelyard.controlplane.store.repo import EndpointRecord, Repo, Store
 from modelyard.errors import ConflictError, MissingDependencyError, NotFoundError, SpecError
+from modelyard.runtimes.registry import check_installed
 from modelyard.spec import Document, EndpointDocument, ModelDocument, ModelSpec, dump_spec
-
-_RUNTIME_PACKAGES = {"onnx": ("onnxruntime", "onnx")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +28,7 @@ class Applied:
 
 def check_model(spec: ModelSpec, field: str) -> None:
     """What can be checked before a replica starts: the runtime's package and the artifact."""
-    package = _RUNTIME_PACKAGES.get(spec.runtime)
-    if package and importlib.util.find_spec(package[0]) is None:
-        raise MissingDependencyError(*package)
+    check_installed(spec.runtime)
     if spec.artifact:
         try:
             found = storage.exists(spec.artifact)
