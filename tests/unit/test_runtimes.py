@@ -300,3 +300,17 @@ def test_python_predictor_problems_fail_at_load(
     model_dir, module = _predictor_dir(tmp_path, source)
     with pytest.raises(RuntimeLoadError, match=match):
         _python(model_dir, f"{module}:{predictor}")
+
+
+def test_check_installed_names_the_extra_for_a_missing_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelyard.errors import MissingDependencyError
+    from modelyard.runtimes import registry
+
+    plugin = registry._Plugin("nowhere:Nothing", package="no_such_pkg_xyz", extra="xyz")
+    monkeypatch.setitem(registry._PLUGINS, "xyz", plugin)
+    with pytest.raises(MissingDependencyError) as exc:
+        registry.check_installed("xyz")
+    assert "pip install 'modelyard[xyz]'" in exc.value.message
+    registry.check_installed("sklearn")  # needs nothing optional
