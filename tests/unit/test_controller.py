@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from modelyard.controlplane.reconcile.endpoints import EndpointController
-from modelyard.controlplane.reconcile.plan import PlanSettings
+from modelyard.controlplane.reconcile.plan import PlanSettings, SetEndpoint
 from modelyard.controlplane.services.apply import Applied, apply_documents
 from modelyard.controlplane.services.endpoints import delete_endpoint, describe_endpoint, routes
 from modelyard.controlplane.store.repo import EndpointRecord, ReplicaRecord, Store
@@ -490,3 +490,24 @@ def test_served_replica_that_cannot_restart_does_not_pile_up_failed_rows(world: 
         world.clock.advance(CFG.restart_backoff_s[-1])
         world.tick()
     assert len(world.replicas()) <= 1, world.states()
+
+
+def test_a_stale_plan_never_undoes_an_apply_made_meanwhile(world: World) -> None:
+    world.apply(count=1)
+    world.tick()  # replicas started for revision 1
+    seen = world.endpoint()  # what the controller read before planning...
+    [_, update] = world.apply(count=1, weight=2.0)  # ...while the user applies revision 2
+    assert update.revision == 2
+    promote = SetEndpoint("InService", "", 1, 1, ((1, "active", ""),))
+    world.controller._apply(seen, {}, promote)  # the plan made from the stale read
+    assert world.endpoint().target_revision == 2, "the controller undid the user's apply"
+    world.tick(3)
+    assert world.endpoint().active_revision == 2 and world.endpoint().status == "InService"
+
+
+def test_a_stale_plan_does_not_hide_a_delete(world: World) -> None:
+    _serve(world, count=1)
+    seen = world.endpoint()
+    delete_endpoint(world.store, "e", world.clock())
+    world.controller._apply(seen, {}, SetEndpoint("InService", "", 1, 1))
+    assert world.endpoint().status == "Deleting"

@@ -94,8 +94,9 @@ class EndpointController:
             replicas = repo.list_replicas(name)
         observed = {rep.id: self._observe(rep) for rep in replicas}
         actions = plan(endpoint, revisions, replicas, observed, self.clock(), self.cfg)
+        by_id = {r.id: r for r in replicas}
         for action in actions:
-            self._apply(endpoint, {r.id: r for r in replicas}, action)
+            self._apply(endpoint, by_id, action)
 
     def _observe(self, rep: ReplicaRecord) -> Observation:
         proc = _proc(rep)
@@ -172,14 +173,16 @@ class EndpointController:
                 self._update(replica_id, revision=revision)
             case SetEndpoint(status, message, active, target, revision_states):
                 with self.store.tx() as repo:
-                    repo.update_endpoint(
-                        name,
+                    changed = repo.update_endpoint_if_unchanged(
+                        endpoint,
                         now,
                         status=status,
                         message=message,
                         active_revision=active,
                         target_revision=target,
                     )
+                    if not changed:
+                        return  # the user applied or deleted meanwhile: the next tick re-plans
                     for number, state, msg in revision_states:
                         repo.set_revision_state(name, number, state, msg)
                     if status != endpoint.status:

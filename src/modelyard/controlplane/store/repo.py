@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -158,6 +158,22 @@ class Repo:
         for key, value in values.items():
             setattr(row, key, value)
         row.updated_at = now
+
+    def update_endpoint_if_unchanged(self, seen: EndpointRecord, now: float, **values: Any) -> bool:
+        """Update the endpoint only if the API has not changed it since ``seen`` was read (no new
+        revision applied, no delete asked): the controller must never undo a user's write. One
+        conditional UPDATE, atomic on SQLite and PostgreSQL alike."""
+        result = self.s.execute(
+            update(EndpointRow)
+            .where(
+                EndpointRow.name == seen.name,
+                EndpointRow.target_revision == seen.target_revision,
+                EndpointRow.deleting == seen.deleting,
+            )
+            .values(**values, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
 
     def delete_endpoint(self, name: str) -> None:
         for table in (ReplicaRow, RevisionRow):
