@@ -204,10 +204,10 @@ def test_a_model_that_does_not_answer_in_time_gets_504(world: dict[str, Any]) ->
 def test_replica_over_its_memory_limit_is_killed_and_restarted(world: dict[str, Any]) -> None:
     server = world["server"]
     before = server.client.describe_endpoint("hog")["variants"][0]["replicas"][0]
-    assert (
-        server.invoke("hog", b"grow", **{"Content-Type": "application/octet-stream"}).status_code
-        == 200
-    )
+    grow = server.invoke("hog", b"grow", **{"Content-Type": "application/octet-stream"})
+    # The replica may be killed while it answers the very request that made it grow: that
+    # request is lost with it (503), like any in-flight request of a crashed replica.
+    assert grow.status_code in (200, 503)
 
     def restarted() -> dict[str, Any] | None:
         view = server.client.describe_endpoint("hog")
