@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_STATE_DIR = ".modelyard"
@@ -35,7 +35,6 @@ class ServerSettings:
     stop_grace_s: float = 30.0
     restart_backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
     max_start_attempts: int = 3
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def logs_dir(self) -> Path:

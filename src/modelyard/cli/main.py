@@ -14,6 +14,7 @@ from modelyard.cli import output
 from modelyard.cli.output import Format, dump, err, out
 from modelyard.client import Client
 from modelyard.errors import ModelyardError
+from modelyard.settings import DEFAULT_API_PORT, DEFAULT_GATEWAY_PORT
 
 app = typer.Typer(
     help="Modelyard: managed endpoints for your ML models, on your own machine.",
@@ -79,8 +80,12 @@ def server(
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Control-plane API port (0 = any free port)")] = 8700,
-    gateway_port: Annotated[int, typer.Option(help="Gateway (invocations) port (0 = any)")] = 8701,
+    port: Annotated[
+        int, typer.Option(help="Control-plane API port (0 = any free port)")
+    ] = DEFAULT_API_PORT,
+    gateway_port: Annotated[
+        int, typer.Option(help="Gateway (invocations) port (0 = any)")
+    ] = DEFAULT_GATEWAY_PORT,
     require_invoke_token: Annotated[
         bool, typer.Option(help="Require the invoke token (state dir: invoke-token) on invocations")
     ] = False,

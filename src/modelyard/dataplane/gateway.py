@@ -61,6 +61,8 @@ class Gateway:
         self.max_payload = max_payload_bytes
         self.timeout_s = timeout_s
         self.sync_interval_s = sync_interval_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._too_big = f"payload larger than the limit of {max_payload_bytes // (1024 * 1024)} MB"
         self.routes: dict[str, EndpointRoute] = {}
         self.counts: dict[str, dict[str, list[int]]] = {}
         self._kick = asyncio.Event()
@@ -231,12 +233,11 @@ class Gateway:
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")
-        too_big = f"payload larger than the limit of {self.max_payload // (1024 * 1024)} MB"
         if declared is not None:
             if not declared.isdigit():
                 raise _fail(400, sm.VALIDATION, "Content-Length must be a whole number of bytes")
             if int(declared) > self.max_payload:
-                raise _fail(413, sm.VALIDATION, too_big)
+                raise _fail(413, sm.VALIDATION, self._too_big)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -247,7 +248,7 @@ class Gateway:
             if chunk:
                 size += len(chunk)
                 if size > self.max_payload:
-                    raise _fail(413, sm.VALIDATION, too_big)
+                    raise _fail(413, sm.VALIDATION, self._too_big)
                 chunks.append(chunk)
             if not message.get("more_body"):
                 break
@@ -282,7 +283,6 @@ class Gateway:
         for key in (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID):
             if key in headers:
                 upstream_headers[key.decode()] = headers[key].decode("latin-1")
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         tried: Upstream | None = None
         for _attempt in range(2):
             upstream = variant.choose(exclude=tried)
@@ -294,7 +294,7 @@ class Gateway:
                     upstream.address + "/invocations",
                     data=body,
                     headers=upstream_headers,
-                    timeout=timeout,
+                    timeout=self._timeout,
                 ) as resp:
                     payload = await resp.read()
                     status = resp.status
