@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from modelyard.spec import ModelSpec
 
@@ -20,6 +20,8 @@ class ReplicaLaunch:
     model: ModelSpec
     log_path: Path
     cpus: float | None = None
+    #: ``{"max_batch_size", "max_delay_ms"}`` when the variant batches; None otherwise.
+    batching: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,13 @@ class LocalExecutor:
             return list(launch.model.container.command), env
         spec_file = self.run_dir / f"{launch.replica_id}.json"
         spec_file.write_text(
-            json.dumps({"name": launch.model_name, "spec": launch.model.model_dump(mode="json")})
+            json.dumps(
+                {
+                    "name": launch.model_name,
+                    "spec": launch.model.model_dump(mode="json"),
+                    "batching": launch.batching,
+                }
+            )
         )
         cmd = [
             sys.executable,

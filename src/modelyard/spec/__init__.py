@@ -4,6 +4,7 @@ from modelyard.spec.documents import load_documents, parse_document, parse_docum
 from modelyard.spec.resources import (
     KINDS,
     RUNTIMES,
+    BatchingSpec,
     ContainerSpec,
     Document,
     EndpointDocument,
@@ -18,6 +19,7 @@ from modelyard.spec.resources import (
 __all__ = [
     "KINDS",
     "RUNTIMES",
+    "BatchingSpec",
     "ContainerSpec",
     "Document",
     "EndpointDocument",

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from modelyard.spec.resources import (
+    BatchingSpec,
     ContainerSpec,
     EndpointSpec,
     ModelSpec,
@@ -34,6 +35,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Endpoint `spec`", EndpointSpec, "kind: Endpoint"),
     ("Variant (`spec.variants[]`)", VariantSpec, ""),
     ("`resources`", ResourcesSpec, ""),
+    ("`batching`", BatchingSpec, ""),
 ]
 
 

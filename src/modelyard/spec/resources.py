@@ -79,6 +79,20 @@ class ResourcesSpec(_Spec):
     )
 
 
+class BatchingSpec(_Spec):
+    """Adaptive batching: the replica gathers concurrent requests into one model call."""
+
+    max_batch_size: int = Field(
+        ge=1, le=1024, description="most rows in one model call (a request is never split)"
+    )
+    max_delay_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="longest a request waits for others to join its batch",
+    )
+
+
 class VariantSpec(_Spec):
     name: Name = Field(description="unique within the endpoint")
     model: Name = Field(description="the Model this variant serves")
@@ -87,6 +101,10 @@ class VariantSpec(_Spec):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="per replica")
     startup_timeout_s: int = Field(
         default=240, ge=1, le=3600, description="seconds a new replica has to answer GET /ping"
+    )
+    batching: BatchingSpec | None = Field(
+        default=None,
+        description="adaptive batching in the replica (runtimes that can batch); off when absent",
     )
 
 

@@ -228,6 +228,7 @@ class EndpointController:
             model=model,
             log_path=Path(rep.log_path),
             cpus=(vspec.get("resources") or {}).get("cpus"),
+            batching=vspec.get("batching"),
         )
         now = self.clock()
         try:

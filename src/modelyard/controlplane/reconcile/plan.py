@@ -139,7 +139,14 @@ def variant_key(revision: RevisionRecord, variant: str) -> str | None:
     if spec is None:
         return None
     model = revision.models.get(spec["model"])
-    shape = [variant, spec["model"], model, spec.get("resources"), spec.get("startup_timeout_s")]
+    shape = [
+        variant,
+        spec["model"],
+        model,
+        spec.get("resources"),
+        spec.get("startup_timeout_s"),
+        spec.get("batching"),
+    ]
     return json.dumps(shape, sort_keys=True)
 
 

@@ -110,16 +110,28 @@ def apply_documents(store: Store, docs: list[Document], now: float) -> list[Appl
     for i, doc in enumerate(docs):
         if isinstance(doc, ModelDocument):
             check_model(doc.spec, f"documents[{i}].spec")
-    batch_models = {d.name for d in docs if isinstance(d, ModelDocument)}
+    batch_models = {d.name: d.spec for d in docs if isinstance(d, ModelDocument)}
     results: list[Applied] = []
     with store.tx() as repo:
         for i, doc in enumerate(docs):
             if isinstance(doc, EndpointDocument):
                 for j, variant in enumerate(doc.spec.variants):
-                    if variant.model not in batch_models and repo.get_model(variant.model) is None:
+                    field = f"documents[{i}].spec.variants[{j}]"
+                    runtime = None
+                    if variant.model in batch_models:
+                        runtime = batch_models[variant.model].runtime
+                    elif (record := repo.get_model(variant.model)) is not None:
+                        runtime = record.spec.get("runtime")
+                    else:
                         raise SpecError(
                             f"no Model named {variant.model!r}; apply it first or in the same file",
-                            f"documents[{i}].spec.variants[{j}].model",
+                            f"{field}.model",
+                        )
+                    if variant.batching is not None and runtime == "container":
+                        raise SpecError(
+                            f"model {variant.model!r} runs its own container, which batches (or "
+                            "not) by itself; remove batching from this variant",
+                            f"{field}.batching",
                         )
         changed_models: set[str] = set()
         for doc in docs:
