@@ -511,3 +511,52 @@ def test_a_stale_plan_does_not_hide_a_delete(world: World) -> None:
     delete_endpoint(world.store, "e", world.clock())
     world.controller._apply(seen, {}, SetEndpoint("InService", "", 1, 1))
     assert world.endpoint().status == "Deleting"
+
+
+# -- batching ----------------------------------------------------------------------------------
+
+
+def _batching_endpoint(batching: dict[str, Any] | None) -> dict[str, Any]:
+    variant: dict[str, Any] = {"name": "v", "model": "m", "instance_count": 1}
+    if batching is not None:
+        variant["batching"] = batching
+    return {"kind": "Endpoint", "name": "e", "spec": {"variants": [variant]}}
+
+
+def test_batching_reaches_the_replica_and_changing_it_replaces_the_replicas(world: World) -> None:
+    model = {
+        "kind": "Model",
+        "name": "m",
+        "spec": {"runtime": "sklearn", "artifact": world.artifact()},
+    }
+    batching = {"max_batch_size": 32, "max_delay_ms": 5}
+    apply_documents(
+        world.store, parse_documents([model, _batching_endpoint(batching)]), world.clock()
+    )
+    world.tick(2)
+    assert world.endpoint().status == "InService"
+    (first,) = world.executor.running()
+    assert first.launch.batching == {"max_batch_size": 32, "max_delay_ms": 5.0}
+
+    bigger = {"max_batch_size": 64, "max_delay_ms": 5}
+    apply_documents(world.store, parse_documents([_batching_endpoint(bigger)]), world.clock())
+    world.tick(2)
+    launches = [r.launch for r in world.executor.replicas.values()]
+    assert launches[-1].batching == {"max_batch_size": 64, "max_delay_ms": 5.0}
+    assert launches[-1].replica_id != first.launch.replica_id  # a new replica, not a retag
+
+
+def test_batching_on_a_container_model_is_refused_and_nothing_is_written(world: World) -> None:
+    container = {
+        "kind": "Model",
+        "name": "m",
+        "spec": {"runtime": "container", "container": {"command": ["serve"]}},
+    }
+    raws = [container, _batching_endpoint({"max_batch_size": 8})]
+    with pytest.raises(SpecError) as info:
+        apply_documents(world.store, parse_documents(raws), world.clock())
+    assert info.value.field == "documents[1].spec.variants[0].batching"
+    assert "remove batching" in info.value.message
+    with world.store.tx() as repo:
+        assert repo.list_models() == []
+        assert repo.list_endpoints() == []

@@ -318,3 +318,29 @@ def test_relative_artifact_of_a_real_file_is_found(tmp_path: Path) -> None:
 def test_relative_artifact_with_a_space_is_found(tmp_path: Path) -> None:
     (tmp_path / "my model.joblib").write_bytes(b"x")
     assert storage.exists(_artifact("'my model.joblib'", tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("batching", "field", "needle"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size", "greater than or equal to 1"),
+        ({"max_batch_size": 2000}, "max_batch_size", "less than or equal to 1024"),
+        ({"max_batch_size": 8, "max_delay_ms": -1}, "max_delay_ms", "greater than or equal to 0"),
+        ({"max_batch_size": 8, "max_delay_ms": 5000}, "max_delay_ms", "less than or equal to 1000"),
+        ({"max_delay_ms": 2}, "max_batch_size", "required"),
+    ],
+)
+def test_batching_limits_name_the_field(batching: dict[str, Any], field: str, needle: str) -> None:
+    err = _spec_error([_endpoint({"name": "a", "model": "m", "batching": batching})])
+    assert err.field == f"documents[0].spec.variants[0].batching.{field}"
+    assert needle in err.rule.lower()
+
+
+def test_batching_defaults_to_a_2_ms_window() -> None:
+    (doc,) = parse_documents(
+        [_endpoint({"name": "a", "model": "m", "batching": {"max_batch_size": 64}})]
+    )
+    assert isinstance(doc, EndpointDocument)
+    batching = doc.spec.variants[0].batching
+    assert batching is not None
+    assert (batching.max_batch_size, batching.max_delay_ms) == (64, 2.0)

@@ -21,6 +21,7 @@ import aiohttp
 
 from modelyard.dataplane import sagemaker as sm
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
+from modelyard.dataplane.upstream import UpstreamError, Upstreams
 
 log = logging.getLogger("modelyard.gateway")
 
@@ -29,8 +30,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 _JSON = b"application/json"
+_FORWARDED = (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID)
 
 
 class GatewayError(Exception):
@@ -61,7 +62,6 @@ class Gateway:
         self.max_payload = max_payload_bytes
         self.timeout_s = timeout_s
         self.sync_interval_s = sync_interval_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._too_big = f"payload larger than the limit of {max_payload_bytes // (1024 * 1024)} MB"
         self.routes: dict[str, EndpointRoute] = {}
         self.counts: dict[str, dict[str, list[int]]] = {}
@@ -69,7 +69,8 @@ class Gateway:
         self._sync_cond = asyncio.Condition()
         self._syncs_started = 0
         self._syncs_done = 0
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # for the control plane
+        self.upstreams = Upstreams()  # for the replicas
         self._sync_task: asyncio.Task[None] | None = None
 
     # lifecycle -------------------------------------------------------------------------
@@ -84,6 +85,7 @@ class Gateway:
             self._sync_task.cancel()
         if self._session:
             await self._session.close()
+        self.upstreams.close()
 
     def _load_saved_routes(self) -> None:
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -107,6 +109,14 @@ class Gateway:
                     table = (await resp.json())["routes"]
                 if table != last_table:
                     self.routes = build_routes(table, self.routes)
+                    self.upstreams.retain(
+                        {
+                            up.address
+                            for route in self.routes.values()
+                            for variant in route.variants.values()
+                            for up in variant.replicas
+                        }
+                    )
                     self._save_routes(table)
                     last_table = table
             except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
@@ -278,11 +288,12 @@ class Gateway:
         self, variant: VariantRoute, headers: dict[bytes, bytes], body: bytes
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         """The replica's answer, or None when no replica could be reached."""
-        assert self._session is not None
-        upstream_headers = {"Content-Type": headers.get(b"content-type", _JSON).decode("latin-1")}
-        for key in (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID):
-            if key in headers:
-                upstream_headers[key.decode()] = headers[key].decode("latin-1")
+        lines = [b"Content-Type: ", headers.get(b"content-type", _JSON), b"\r\n"]
+        for key in _FORWARDED:
+            value = headers.get(key)
+            if value is not None:
+                lines += (key, b": ", value, b"\r\n")
+        extra = b"".join(lines)
         tried: Upstream | None = None
         for _attempt in range(2):
             upstream = variant.choose(exclude=tried)
@@ -290,17 +301,8 @@ class Gateway:
                 return None
             upstream.outstanding += 1
             try:
-                async with self._session.post(
-                    upstream.address + "/invocations",
-                    data=body,
-                    headers=upstream_headers,
-                    timeout=self._timeout,
-                ) as resp:
-                    payload = await resp.read()
-                    status = resp.status
-                    content_type = resp.headers.get("Content-Type", "application/json")
-                    attrs = resp.headers.get("X-Amzn-SageMaker-Custom-Attributes")
-            except _RETRYABLE:
+                resp = await self.upstreams.pool(upstream.address).post(extra, body, self.timeout_s)
+            except UpstreamError:
                 tried = upstream  # the replica is gone or going: one more try elsewhere
                 continue
             except TimeoutError as exc:
@@ -311,17 +313,19 @@ class Gateway:
                 ) from exc
             finally:
                 upstream.outstanding -= 1
+            status = resp.status
             if status >= 300:
                 raise GatewayError(
-                    424, sm.MODEL_ERROR, sm.model_error_body(variant.name, status, payload)
+                    424, sm.MODEL_ERROR, sm.model_error_body(variant.name, status, resp.body)
                 )
             out = [
-                (b"content-type", content_type.encode("latin-1")),
+                (b"content-type", resp.header(b"content-type") or _JSON),
                 (sm.H_INVOKED_VARIANT, variant.name.encode()),
             ]
+            attrs = resp.header(sm.H_CUSTOM_ATTRIBUTES)
             if attrs is not None:
-                out.append((sm.H_CUSTOM_ATTRIBUTES, attrs.encode("latin-1")))
-            return status, out, payload
+                out.append((sm.H_CUSTOM_ATTRIBUTES, attrs))
+            return status, out, resp.body
         return None
 
 

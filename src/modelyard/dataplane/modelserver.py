@@ -27,6 +27,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from functools import partial
 from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any
@@ -35,11 +36,14 @@ import fsspec
 import pydantic
 import uvicorn
 from fsspec.implementations.local import LocalFileSystem
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
 
 from modelyard.dataplane import codecs
+from modelyard.dataplane.batching import Batcher, call_model
 from modelyard.errors import ModelInvocationError, ModelyardError, RuntimeLoadError, SpecError
 from modelyard.runtimes import Runtime, get_runtime_class
-from modelyard.spec import ModelSpec
+from modelyard.spec import BatchingSpec, ModelSpec
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,18 +57,52 @@ EXIT_LOAD_FAILED = 3
 _JSON = codecs.JSON.encode()
 _CUSTOM_ATTRIBUTES = b"x-amzn-sagemaker-custom-attributes"
 _PING = b'{"status":"ok"}'
+_DECODE_INLINE_BYTES = 64 * 1024  # bigger bodies are decoded off the event loop
 
 
 class _Disconnected(Exception):
     """The client went away before its request body arrived."""
 
 
-class ReplicaApp:
-    """The ASGI app of one replica, serving a loaded :class:`Runtime`."""
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-    def __init__(self, runtime: Runtime) -> None:
+
+class ReplicaApp:
+    """The ASGI app of one replica, serving a loaded :class:`Runtime`.
+
+    With ``batching`` (``{"max_batch_size", "max_delay_ms"}``) and a runtime that can batch,
+    concurrent requests share model calls (:mod:`modelyard.dataplane.batching`).
+    """
+
+    def __init__(self, runtime: Runtime, batching: dict[str, Any] | None = None) -> None:
         self.runtime = runtime
         self.to_array = runtime.array_inputs
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "modelyard_replica_requests",
+            "Invocations answered by this replica, by HTTP status class",
+            ["status"],
+            registry=self.registry,
+        )
+        self._ok = self.requests.labels("2xx")
+        self._client_error = self.requests.labels("4xx")
+        self._server_error = self.requests.labels("5xx")
+        self.batch_size = Histogram(
+            "modelyard_replica_batch_size",
+            "Rows per model call (1 when requests are not batched)",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batcher: Batcher | None = None
+        if batching and runtime.can_batch:
+            self.batcher = Batcher(
+                runtime,
+                int(batching["max_batch_size"]),
+                float(batching.get("max_delay_ms", 2.0)),
+                observe=self.batch_size.observe,
+            )
+        elif batching:
+            _say(f"batching is off: the {runtime.name} runtime (or its predictor) cannot batch")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # uvicorn runs with lifespan off
@@ -80,12 +118,14 @@ class ReplicaApp:
                 await _respond(send, 200, _PING, _JSON)
             else:
                 await _not_allowed(send, b"GET, HEAD")
+        elif path == "/metrics" and method == "GET":
+            await _respond(send, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode())
         else:
             await _error(
                 send,
                 404,
                 "not_found",
-                f"no route {path}; the replica serves /ping and /invocations",
+                f"no route {path}; the replica serves /ping, /invocations and /metrics",
             )
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -105,35 +145,47 @@ class ReplicaApp:
         try:
             media = codecs.negotiate(accept)  # refuse an unknown Accept before running the model
             loop = asyncio.get_running_loop()
-            payload = await loop.run_in_executor(None, self._answer, body, content_type, media)
+            if self.batcher is not None:
+                if len(body) < _DECODE_INLINE_BYTES:
+                    inputs = codecs.decode(body, content_type, to_array=self.to_array)
+                else:
+                    inputs = await loop.run_in_executor(
+                        None, partial(codecs.decode, body, content_type, to_array=self.to_array)
+                    )
+                outputs = await self.batcher.predict(inputs)
+                payload = _encode(outputs, media)
+            else:
+                payload = await loop.run_in_executor(None, self._answer, body, content_type, media)
         except ModelyardError as exc:
+            (self._client_error if exc.http_status < 500 else self._server_error).inc()
             await _error(send, exc.http_status, exc.code, exc.message, echo)
             return
+        self._ok.inc()
         await _respond(send, 200, payload, media.encode(), echo)
 
     def _answer(self, body: bytes, content_type: str | None, media: str) -> bytes:
         """decode → predict → encode, in a worker thread; the model's failures become 424."""
         inputs = codecs.decode(body, content_type, to_array=self.to_array)
-        try:
-            outputs = self.runtime.predict(inputs)
-        except ModelyardError:
-            raise
-        except Exception as exc:  # the model raised: the caller gets its error (the contract)
-            raise ModelInvocationError(f"{type(exc).__name__}: {exc}") from exc
-        try:
-            payload, _ = codecs.encode(outputs, media)
-        except ModelyardError:
-            raise
-        except Exception as exc:  # the model answered something no codec can write
-            raise ModelInvocationError(
-                f"cannot encode the model's output as {media}: {type(exc).__name__}: {exc}"
-            ) from exc
-        return payload
+        outputs = call_model(self.runtime, inputs)
+        self.batch_size.observe(1)
+        return _encode(outputs, media)
 
 
-def build_app(runtime: Runtime) -> ASGIApp:
+def _encode(outputs: Any, media: str) -> bytes:
+    try:
+        payload, _ = codecs.encode(outputs, media)
+    except ModelyardError:
+        raise
+    except Exception as exc:  # the model answered something no codec can write
+        raise ModelInvocationError(
+            f"cannot encode the model's output as {media}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return payload
+
+
+def build_app(runtime: Runtime, batching: dict[str, Any] | None = None) -> ASGIApp:
     """The replica's ASGI app for a loaded runtime."""
-    return ReplicaApp(runtime)
+    return ReplicaApp(runtime, batching)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -182,9 +234,19 @@ async def _not_allowed(send: Send, allow: bytes) -> None:
 
 def read_model_spec(path: Path) -> tuple[str, ModelSpec]:
     """``(name, spec)`` from a spec file; SpecError when it is not a valid model spec."""
+    name, spec, _ = read_spec_file(path)
+    return name, spec
+
+
+def read_spec_file(path: Path) -> tuple[str, ModelSpec, dict[str, Any] | None]:
+    """``(name, model spec, batching)`` from a replica spec file; SpecError when it is not one."""
     try:
         document = json.loads(path.read_text())
-        return str(document.get("name", "")), ModelSpec.model_validate(document["spec"])
+        batching = document.get("batching")
+        if batching is not None:
+            batching = BatchingSpec.model_validate(batching).model_dump()
+        spec = ModelSpec.model_validate(document["spec"])
+        return str(document.get("name", "")), spec, batching
     except (ValueError, KeyError, TypeError, AttributeError, pydantic.ValidationError) as exc:
         raise SpecError(f"{path} is not a model spec file: {type(exc).__name__}: {exc}") from exc
 
@@ -278,9 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        _, spec = read_model_spec(args.model_spec_file)
+        _, spec, batching = read_spec_file(args.model_spec_file)
         os.environ.update(spec.environment)
         runtime = load_runtime(spec, args.cache_dir)
+        app = build_app(runtime, batching)
     except ModelyardError as exc:
         _say(f"load failed: {exc.message}")
         return EXIT_LOAD_FAILED
@@ -288,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"startup failed: {type(exc).__name__}: {exc}")
         return EXIT_STARTUP_FAILED
     config = uvicorn.Config(
-        build_app(runtime),
+        app,
         host=args.host,
         port=args.port,
         uds=args.uds,
@@ -296,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         http="httptools",
         lifespan="off",
         access_log=False,
+        timeout_keep_alive=75,  # longer than the gateway keeps an idle connection
         log_level="warning",
     )
     server = _Server(config)

@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modelyard.spec import ModelSpec
 
 
@@ -37,3 +39,19 @@ class Runtime(ABC):
         Raise InvalidInputError for inputs the model cannot take; any other exception is reported
         to the caller as the model's error (HTTP 424).
         """
+
+    def batch_rows(self, inputs: Any) -> Any | None:
+        """``inputs`` as rows along the first axis, ready to join other requests' rows in one
+        :meth:`predict` call, or None when they cannot share a call.
+
+        Adaptive batching calls this on every request when the variant batches and the runtime
+        ``can_batch``. The default takes a 2-D or higher array as rows, a 1-D array as one row,
+        and a non-empty JSON list as a list of instances.
+        """
+        if isinstance(inputs, np.ndarray):
+            if inputs.ndim == 1:
+                return inputs.reshape(1, -1) if inputs.size else None
+            return inputs if inputs.ndim >= 2 and len(inputs) else None
+        if isinstance(inputs, list) and inputs:
+            return inputs
+        return None

@@ -83,6 +83,13 @@ class OnnxRuntime(Runtime):
             return outputs[0]
         return dict(zip(self.output_names, outputs, strict=True))
 
+    def batch_rows(self, inputs: Any) -> Any | None:
+        """The input with its batch axis (cast and checked as for a call of its own); None when
+        the model has no free leading batch axis to join requests along."""
+        if not self.input_shape or isinstance(self.input_shape[0], int):
+            return None
+        return self._as_input(inputs)
+
     def _as_input(self, inputs: Any) -> np.ndarray[Any, Any]:
         try:
             array = np.asarray(inputs, dtype=self.input_dtype)
