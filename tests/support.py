@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ import psutil
 import yaml
 
 from modelyard.client import Client
+from modelyard.dataplane.http import Handler, HttpServer
 
 T = TypeVar("T")
 N_FEATURES = 4
@@ -237,3 +239,15 @@ def replica_pids(state_dir: Path) -> set[int]:
         if str(state_dir) in cmd and "modelyard.dataplane.modelserver" in cmd:
             pids.add(proc.info["pid"])
     return pids
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Handler, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """``handler`` on the data plane's HTTP server on a free port; an httpx client for it."""
+    server = HttpServer(handler, **options)
+    (address,) = await server.listen(host="127.0.0.1", port=0)
+    try:
+        async with httpx.AsyncClient(base_url=address, trust_env=False, timeout=30) as client:
+            yield client
+    finally:
+        await server.shutdown(grace_s=5)

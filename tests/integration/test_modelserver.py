@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
+from tests.support import serving
 
 from modelyard.dataplane.modelserver import build_app, fetch_artifact
 from modelyard.runtimes.python import PythonRuntime
@@ -388,8 +389,7 @@ def test_predict_runs_off_the_event_loop_thread(
     runtime.load(tmp_path)
 
     async def call() -> httpx.Response:
-        transport = httpx.ASGITransport(app=build_app(runtime))
-        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        async with serving(build_app(runtime)) as client:
             return await client.post("/invocations", json={"inputs": [1]})
 
     response = asyncio.run(call())

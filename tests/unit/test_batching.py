@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
+from tests.support import serving
 
 from modelyard.dataplane.batching import Batcher
 from modelyard.dataplane.modelserver import ReplicaApp
@@ -286,8 +287,7 @@ def test_the_replica_batches_requests_of_mixed_content_types(
     async def scenario() -> list[httpx.Response]:
         # The window outlasts the test; the batch is released by reaching max_batch_size, so
         # the last request is the one that fills it: 16 rows = 6 + 10.
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        async with serving(app) as client:
             calls = [client.post("/invocations", content=b, headers=h) for h, b in requests]
             filler = client.post("/invocations", json={"instances": X[10:20].tolist()})
             out = await asyncio.wait_for(asyncio.gather(*calls, filler), 20)
@@ -331,8 +331,7 @@ def test_a_runtime_that_cannot_batch_serves_unbatched(
     assert "batching is off" in capsys.readouterr().err
 
     async def call() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        async with serving(app) as client:
             return await client.post("/invocations", json={"instances": [1, 2, 3]})
 
     assert run(call()).json() == {"predictions": [3]}

@@ -1,8 +1,10 @@
-"""The gateway: SageMaker Runtime's InvokeEndpoint over the routing table, as a bare ASGI app.
+"""The gateway: SageMaker Runtime's InvokeEndpoint over the routing table.
 
 This is the hot path: no framework, no per-request validation or info-level logging, one copy of
-the body. It keeps serving from its last routing table (also saved to disk) while the control
-plane is away.
+the body. It is a request handler for the data plane's own HTTP server
+(:mod:`modelyard.dataplane.http`), which reads bodies up to the payload limit, and it reaches
+replicas over pooled keep-alive connections (:mod:`modelyard.dataplane.upstream`). It keeps
+serving from its last routing table (also saved to disk) while the control plane is away.
 """
 
 from __future__ import annotations
@@ -13,24 +15,20 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from modelyard.dataplane import sagemaker as sm
+from modelyard.dataplane.http import Answer, Headers, Request
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
 from modelyard.dataplane.upstream import UpstreamError, Upstreams
 
 log = logging.getLogger("modelyard.gateway")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 _JSON = b"application/json"
+_JSON_HEADERS = ((b"content-type", _JSON),)
 _FORWARDED = (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID)
 
 
@@ -164,40 +162,25 @@ class Gateway:
         elif status >= 500:
             slot[2] += 1
 
-    # ASGI ------------------------------------------------------------------------------
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.startup()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
+    # requests --------------------------------------------------------------------------
+    async def __call__(self, request: Request) -> Answer:
+        path = request.path
         if path.startswith("/endpoints/") and path.endswith("/invocations"):
-            if scope["method"] != "POST":
-                await _respond(send, 405, sm.error_body("use POST"), sm.VALIDATION)
-                return
-            name = path[len("/endpoints/") : -len("/invocations")]
-            await self._invoke(name, scope, receive, send)
-        elif path in ("/ping", "/healthz"):
-            await _respond(send, 200, b'{"status":"ok"}')
-        else:
-            await _respond(send, 404, sm.error_body(f"no route for {path}"), sm.VALIDATION)
+            if request.method != "POST":
+                return _error(405, sm.VALIDATION, "use POST")
+            return await self._invoke(path[len("/endpoints/") : -len("/invocations")], request)
+        if path in ("/ping", "/healthz"):
+            return 200, _JSON_HEADERS, b'{"status":"ok"}'
+        return _error(404, sm.VALIDATION, f"no route for {path}")
 
-    async def _invoke(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope["headers"])
+    def error(self, status: int, message: str) -> Answer:
+        """The HTTP server's own answers (malformed request, body too large), SageMaker-style."""
+        if status == 413:
+            message = self._too_big
+        return _error(status, sm.VALIDATION, message)
+
+    async def _invoke(self, name: str, request: Request) -> Answer:
+        headers = request.headers
         variant_name = ""
         try:
             if self.invoke_token is not None:
@@ -205,7 +188,7 @@ class Gateway:
             route = self.routes.get(name) or await self._fresh_route(name)
             if route is None:
                 raise _fail(404, sm.VALIDATION, f"Endpoint {name} not found.")
-            body = await self._read_body(headers, receive)
+            body = request.body
             variant = self._variant(route, headers)
             variant_name = variant.name
             answer = await self._forward(variant, headers, body)
@@ -219,15 +202,12 @@ class Gateway:
                     sm.SERVICE_UNAVAILABLE,
                     f"variant {variant_name} has no ready replica; try again shortly",
                 )
-            status, out_headers, out_body = answer
         except GatewayError as exc:
             if name in self.routes:
                 self._count(name, variant_name or "-", exc.status)
-            await _respond(send, exc.status, exc.body, exc.error_type)
-            return
-        self._count(name, variant_name, status)
-        await send({"type": "http.response.start", "status": status, "headers": out_headers})
-        await send({"type": "http.response.body", "body": out_body})
+            return exc.status, _error_headers(exc.error_type), exc.body
+        self._count(name, variant_name, answer[0])
+        return answer
 
     def _authorize(self, headers: dict[bytes, bytes]) -> None:
         value = headers.get(b"authorization", b"").decode("latin-1")
@@ -240,29 +220,6 @@ class Gateway:
         assert self.invoke_token is not None
         if not token or not hmac.compare_digest(token, self.invoke_token):
             raise _fail(401, "UnrecognizedClientException", "missing or wrong invoke token")
-
-    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise _fail(400, sm.VALIDATION, "Content-Length must be a whole number of bytes")
-            if int(declared) > self.max_payload:
-                raise _fail(413, sm.VALIDATION, self._too_big)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _fail(400, sm.VALIDATION, "client disconnected")
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > self.max_payload:
-                    raise _fail(413, sm.VALIDATION, self._too_big)
-                chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _variant(self, route: EndpointRoute, headers: dict[bytes, bytes]) -> VariantRoute:
         wanted = headers.get(sm.H_TARGET_VARIANT)
@@ -329,9 +286,9 @@ class Gateway:
         return None
 
 
-async def _respond(send: Send, status: int, body: bytes, error_type: str | None = None) -> None:
-    headers = [(b"content-type", _JSON)]
-    if error_type is not None:
-        headers.append((sm.H_ERROR_TYPE, error_type.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+def _error_headers(error_type: str) -> Headers:
+    return [*_JSON_HEADERS, (sm.H_ERROR_TYPE, error_type.encode())]
+
+
+def _error(status: int, error_type: str, message: str) -> Answer:
+    return status, _error_headers(error_type), sm.error_body(message)

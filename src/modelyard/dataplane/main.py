@@ -6,11 +6,13 @@ import logging
 import socket
 import threading
 
-import uvicorn
-
+from modelyard.dataplane import http
 from modelyard.dataplane.gateway import Gateway
-from modelyard.process import absorb_reraised_signals, child_start, watch_parent
+from modelyard.process import child_start, watch_parent
 from modelyard.settings import INVOKE_TOKEN_FILE, read_token
+
+#: Seconds the gateway waits for requests in progress when it is asked to stop.
+SHUTDOWN_GRACE_S = 10.0
 
 
 def main() -> None:
@@ -28,17 +30,20 @@ def main() -> None:
         sync_interval_s=settings.route_sync_interval_s,
     )
     threading.Thread(target=watch_parent, args=(threading.Event(),), daemon=True).start()
-    config = uvicorn.Config(
-        gateway,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        http="httptools",
-        loop="uvloop",
-        timeout_keep_alive=30,
-    )
-    absorb_reraised_signals()
-    uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
+    listening = socket.socket(fileno=fd)
+
+    async def serve() -> None:
+        server = http.HttpServer(
+            gateway, max_body=settings.max_payload_bytes, errors=gateway.error, keepalive_s=30
+        )
+        await gateway.startup()
+        try:
+            await server.listen(sock=listening)
+            await http.serve_until_signalled(server, grace_s=SHUTDOWN_GRACE_S)
+        finally:
+            await gateway.shutdown()
+
+    http.run(serve)
 
 
 if __name__ == "__main__":

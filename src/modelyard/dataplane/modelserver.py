@@ -4,29 +4,30 @@ It loads one model before it serves, then answers the replica contract over HTTP
 socket): ``GET /ping`` (also ``/health``) is 200 once the model is loaded, ``POST /invocations``
 decodes the body by Content-Type, runs ``runtime.predict`` in a worker thread and encodes the
 answer by Accept. Errors are ``{"error": {"code", "message"}}`` with the error's HTTP status; an
-exception from the model is 424 ``model_error``. The app is a bare ASGI callable under uvicorn:
-this is the hot path, so no framework.
+exception from the model is 424 ``model_error``. ``GET /metrics`` has request counts and batch
+sizes in Prometheus' text format. This is the hot path, so no framework: a request handler on
+the data plane's own small HTTP server (:mod:`modelyard.dataplane.http`).
 
 Run it as ``python -m modelyard.dataplane.modelserver --model-spec-file PATH --port N``; the spec
-file is JSON ``{"name": ..., "spec": {...ModelSpec...}}``. Exit status: 0 after SIGTERM, 1 when
-it cannot start (say, the port is taken), 3 when the model cannot be loaded (a bad spec, a
-missing or corrupt artifact, a missing dependency): the supervisor must not retry that.
+file is JSON ``{"name": ..., "spec": {...ModelSpec...}, "batching": {...} or null}``. Exit
+status: 0 after SIGTERM, 1 when it cannot start (say, the port is taken), 3 when the model
+cannot be loaded (a bad spec, a missing or corrupt artifact, a missing dependency): the
+supervisor must not retry that.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path, PurePosixPath
 from types import FrameType
@@ -34,34 +35,27 @@ from typing import Any
 
 import fsspec
 import pydantic
-import uvicorn
 from fsspec.implementations.local import LocalFileSystem
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from modelyard.dataplane import codecs
+from modelyard.dataplane import codecs, http
 from modelyard.dataplane.batching import Batcher, call_model
+from modelyard.dataplane.http import Answer, Headers, HttpServer, Request, serve_until_signalled
 from modelyard.errors import ModelInvocationError, ModelyardError, RuntimeLoadError, SpecError
 from modelyard.runtimes import Runtime, get_runtime_class
 from modelyard.spec import BatchingSpec, ModelSpec
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 EXIT_STARTUP_FAILED = 1
 EXIT_LOAD_FAILED = 3
 
-_JSON = codecs.JSON.encode()
+_JSON_HEADERS = ((b"content-type", codecs.JSON.encode()),)
+_METRICS_HEADERS = ((b"content-type", CONTENT_TYPE_LATEST.encode()),)
+_MEDIA_BYTES = {media: media.encode() for media in codecs.MEDIA_TYPES}
 _CUSTOM_ATTRIBUTES = b"x-amzn-sagemaker-custom-attributes"
 _PING = b'{"status":"ok"}'
+_DRAIN_GRACE_S = 25.0  # the controller kills a replica 30 s after asking it to stop
 _DECODE_INLINE_BYTES = 64 * 1024  # bigger bodies are decoded off the event loop
-
-
-class _Disconnected(Exception):
-    """The client went away before its request body arrived."""
 
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -104,46 +98,33 @@ class ReplicaApp:
         elif batching:
             _say(f"batching is off: the {runtime.name} runtime (or its predictor) cannot batch")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # uvicorn runs with lifespan off
-            return
-        path, method = scope["path"], scope["method"]
+    async def __call__(self, request: Request) -> Answer:
+        path, method = request.path, request.method
         if path == "/invocations":
             if method == "POST":
-                await self._invoke(scope, receive, send)
-            else:
-                await _not_allowed(send, b"POST")
-        elif path in ("/ping", "/health"):
+                return await self._invoke(request)
+            return _not_allowed(b"POST")
+        if path in ("/ping", "/health"):
             if method in ("GET", "HEAD"):
-                await _respond(send, 200, _PING, _JSON)
-            else:
-                await _not_allowed(send, b"GET, HEAD")
-        elif path == "/metrics" and method == "GET":
-            await _respond(send, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode())
-        else:
-            await _error(
-                send,
-                404,
-                "not_found",
-                f"no route {path}; the replica serves /ping, /invocations and /metrics",
-            )
+                return 200, _JSON_HEADERS, _PING
+            return _not_allowed(b"GET, HEAD")
+        if path == "/metrics" and method == "GET":
+            return 200, _METRICS_HEADERS, generate_latest(self.registry)
+        return _error(
+            404, "not_found", f"no route {path}; the replica serves /ping, /invocations, /metrics"
+        )
 
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
-        content_type = accept = None
-        echo: list[tuple[bytes, bytes]] = []
-        for key, value in scope["headers"]:
-            if key == b"content-type":
-                content_type = value.decode("latin-1")
-            elif key == b"accept":
-                accept = value.decode("latin-1")
-            elif key == _CUSTOM_ATTRIBUTES:
-                echo.append((_CUSTOM_ATTRIBUTES, value))
+    async def _invoke(self, request: Request) -> Answer:
+        headers = request.headers
+        body = request.body
+        raw_type = headers.get(b"content-type")
+        content_type = raw_type.decode("latin-1") if raw_type is not None else None
+        raw_accept = headers.get(b"accept")
+        attrs = headers.get(_CUSTOM_ATTRIBUTES)
+        echo = [(_CUSTOM_ATTRIBUTES, attrs)] if attrs is not None else []
         try:
-            body = await _read_body(receive)
-        except _Disconnected:
-            return
-        try:
-            media = codecs.negotiate(accept)  # refuse an unknown Accept before running the model
+            # Refuse an unknown Accept before running the model.
+            media = codecs.negotiate(raw_accept.decode("latin-1") if raw_accept else None)
             loop = asyncio.get_running_loop()
             if self.batcher is not None:
                 if len(body) < _DECODE_INLINE_BYTES:
@@ -158,10 +139,9 @@ class ReplicaApp:
                 payload = await loop.run_in_executor(None, self._answer, body, content_type, media)
         except ModelyardError as exc:
             (self._client_error if exc.http_status < 500 else self._server_error).inc()
-            await _error(send, exc.http_status, exc.code, exc.message, echo)
-            return
+            return _error(exc.http_status, exc.code, exc.message, echo)
         self._ok.inc()
-        await _respond(send, 200, payload, media.encode(), echo)
+        return 200, [(b"content-type", _MEDIA_BYTES[media]), *echo], payload
 
     def _answer(self, body: bytes, content_type: str | None, media: str) -> bytes:
         """decode → predict → encode, in a worker thread; the model's failures become 424."""
@@ -183,50 +163,18 @@ def _encode(outputs: Any, media: str) -> bytes:
     return payload
 
 
-def build_app(runtime: Runtime, batching: dict[str, Any] | None = None) -> ASGIApp:
-    """The replica's ASGI app for a loaded runtime."""
+def build_app(runtime: Runtime, batching: dict[str, Any] | None = None) -> ReplicaApp:
+    """The replica's request handler for a loaded runtime (serve it with :class:`HttpServer`)."""
     return ReplicaApp(runtime, batching)
 
 
-async def _read_body(receive: Receive) -> bytes:
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise _Disconnected
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    chunks = [body]
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: bytes,
-    extra: Sequence[tuple[bytes, bytes]] = (),
-) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _error(
-    send: Send, status: int, code: str, message: str, extra: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
+def _error(status: int, code: str, message: str, extra: Headers = ()) -> Answer:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    await _respond(send, status, body, _JSON, extra)
+    return status, [*_JSON_HEADERS, *extra], body
 
 
-async def _not_allowed(send: Send, allow: bytes) -> None:
-    await _error(send, 405, "method_not_allowed", f"allowed: {allow.decode()}", [(b"allow", allow)])
+def _not_allowed(allow: bytes) -> Answer:
+    return _error(405, "method_not_allowed", f"allowed: {allow.decode()}", [(b"allow", allow)])
 
 
 # -- start-up ------------------------------------------------------------------------------------
@@ -297,27 +245,33 @@ def load_runtime(spec: ModelSpec, cache_dir: Path) -> Runtime:
     return runtime
 
 
-class _Server(uvicorn.Server):
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            _say(f"ready on {self._address()}")
-
-    def _address(self) -> str:
-        if self.config.uds:
-            return f"unix:{self.config.uds}"
-        host, port = self.servers[0].sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
-
-
 def _say(line: str) -> None:
     print(f"modelyard-replica: {line}", file=sys.stderr, flush=True)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Stops a load in progress; once serving, uvicorn takes SIGTERM, shuts down gracefully and
-    # re-raises it on its way out, which lands here too: exit 0 either way.
+    # Stops a load in progress; once serving, the event loop's handler takes SIGTERM instead.
     raise SystemExit(0)
+
+
+async def _serve(app: ReplicaApp, args: argparse.Namespace) -> bool:
+    """Serve until SIGTERM; False when the address cannot be served (say, the port is taken)."""
+    server = HttpServer(app, keepalive_s=75)  # longer than the gateway keeps an idle connection
+    try:
+        if args.uds:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.uds)  # a socket file left by an earlier replica
+            (address,) = await server.listen(uds=args.uds)
+        else:
+            (address, *_) = await server.listen(host=args.host, port=args.port)
+    except OSError as exc:
+        _say(f"cannot serve: {exc}")
+        return False
+    _say(f"ready on {address}")
+    await serve_until_signalled(server, grace_s=_DRAIN_GRACE_S)
+    if app.batcher is not None:
+        await app.batcher.close()
+    return True
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -350,21 +304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a defect, not a bad model: report it and let the supervisor retry
         _say(f"startup failed: {type(exc).__name__}: {exc}")
         return EXIT_STARTUP_FAILED
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        uds=args.uds,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        timeout_keep_alive=75,  # longer than the gateway keeps an idle connection
-        log_level="warning",
-    )
-    server = _Server(config)
-    server.run()
-    return 0 if server.started else EXIT_STARTUP_FAILED
+    served = False
+
+    async def serve() -> None:
+        nonlocal served
+        served = await _serve(app, args)
+
+    http.run(serve)
+    return 0 if served else EXIT_STARTUP_FAILED
 
 
 if __name__ == "__main__":
