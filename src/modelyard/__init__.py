@@ -3,6 +3,8 @@
 The public SDK surface. Importing it starts no server and imports no ML framework.
 """
 
+from typing import TYPE_CHECKING
+
 from modelyard.errors import (
     ConflictError,
     ModelyardError,
@@ -11,6 +13,9 @@ from modelyard.errors import (
     SpecError,
     UserError,
 )
+
+if TYPE_CHECKING:  # type checkers see the real class; at run time it loads on first use
+    from modelyard.client import Client
 
 __version__ = "0.1.0"
 

@@ -171,25 +171,51 @@ def test_a_model_answer_without_a_row_per_input_row_is_a_clear_error(
         run(scenario())
 
 
-def test_a_lone_request_waits_at_most_the_delay_not_for_a_full_batch(
+def test_a_lone_client_is_never_held_for_the_window(sklearn_runtime: SklearnRuntime) -> None:
+    sizes: list[int] = []
+
+    async def scenario() -> list[Any]:
+        # A 10 s window that no request may wait for: one client, one request at a time. The
+        # wait_for bounds a hang (five waits would take 50 s), it does not time anything.
+        batcher = Batcher(
+            sklearn_runtime, max_batch_size=64, max_delay_ms=10_000, observe=sizes.append
+        )
+        try:
+            return [await asyncio.wait_for(batcher.predict(X[i : i + 1]), 5) for i in range(5)]
+        finally:
+            await batcher.close()
+
+    outs = run(scenario())
+    for i, out in enumerate(outs):
+        np.testing.assert_allclose(out, sklearn_runtime.estimator.predict_proba(X[i : i + 1]))
+    assert sizes == [1] * 5
+
+
+def test_with_overlapping_requests_a_partial_batch_waits_out_the_window(
     sklearn_runtime: SklearnRuntime,
 ) -> None:
     sizes: list[int] = []
 
     async def scenario() -> Any:
-        # A 200 ms window and a batch of 64 that will never fill: the request must still be
-        # answered, by a call of one row, once the window closes.
         batcher = Batcher(
-            sklearn_runtime, max_batch_size=64, max_delay_ms=200, observe=sizes.append
+            sklearn_runtime, max_batch_size=64, max_delay_ms=300, observe=sizes.append
         )
         try:
-            return await asyncio.wait_for(batcher.predict(X[:1]), timeout=10)
+            # Overlapping traffic first (8 at once), then a 3-request burst that cannot fill the
+            # batch: the batcher waits for company, then the window closes and they run together.
+            await asyncio.gather(*(batcher.predict(X[i : i + 1]) for i in range(8)))
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            burst = [batcher.predict(X[i : i + 1]) for i in range(3)]
+            outs = await asyncio.wait_for(asyncio.gather(*burst), 10)
+            return outs, loop.time() - started
         finally:
             await batcher.close()
 
-    out = run(scenario())
-    np.testing.assert_allclose(out, sklearn_runtime.estimator.predict_proba(X[:1]))
-    assert sizes == [1]
+    outs, waited = run(scenario())
+    np.testing.assert_allclose(np.vstack(outs), sklearn_runtime.estimator.predict_proba(X[:3]))
+    assert sizes[-1] == 3
+    assert waited >= 0.29  # held for the window (a lower bound: no speed is measured)
 
 
 def test_requests_gathered_in_the_delay_window_share_a_call(

@@ -4,7 +4,9 @@ Each request's inputs join a queue as rows along their first axis. A single work
 until ``max_batch_size`` is reached or the first waiting request has waited ``max_delay_ms``,
 then calls the model once on all of them in a worker thread and hands each request its own slice
 of the answer. While the model runs, the next batch gathers, so under load batches fill by
-themselves and under light load a request waits at most ``max_delay_ms``.
+themselves. The window is only waited for when requests overlap: when recent requests found
+others in flight on arrival (a moving average says so). A lone client is never delayed, and a
+request never waits longer than ``max_delay_ms`` for others.
 
 Rules a user can rely on:
 
@@ -116,6 +118,10 @@ class Batcher:
         self.max_delay_s = max_delay_ms / 1000.0
         #: Called (in the model thread) with the number of rows of every model call.
         self.observe = observe
+        # Requests in this batcher now, and a moving average of how many others each new request
+        # found on arrival: the sign that waiting for company pays.
+        self._in_flight = 0
+        self._company = 0.0
         self._queue: deque[_Part] = deque()
         self._queued_rows = 0
         self._wake: asyncio.Future[None] | None = None
@@ -136,6 +142,7 @@ class Batcher:
         size = self.max_batch_size
         futures = []
         now = loop.time()
+        self._company += _COMPANY_WEIGHT * (self._in_flight - self._company)
         for start in range(0, len(rows), size):
             future: asyncio.Future[Any] = loop.create_future()
             self._queue.append(_Part(rows[start : start + size], future, now))
@@ -144,10 +151,18 @@ class Batcher:
         wake = self._wake
         if wake is not None and self._queued_rows >= self._need_rows and not wake.done():
             wake.set_result(None)
-        if len(futures) == 1:
-            return await futures[0]
-        outputs = await asyncio.gather(*futures)
-        return _join_outputs(outputs)
+        self._in_flight += 1
+        try:
+            if len(futures) == 1:
+                return await futures[0]
+            outputs = await asyncio.gather(*futures)
+            return _join_outputs(outputs)
+        finally:
+            self._in_flight -= 1
+
+    def _others_expected(self) -> bool:
+        """Whether requests have been overlapping lately, so others may join within the window."""
+        return self._company >= 0.5
 
     async def _wait_for_rows(self, need: int, deadline: float | None) -> None:
         """Until ``need`` rows are queued or the deadline (loop time) passes."""
@@ -170,7 +185,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._wait_for_rows(1, None)
-            if self.max_delay_s > 0:  # the oldest waiting request sets the deadline
+            if self.max_delay_s > 0 and self._others_expected():
+                # The oldest waiting request sets the deadline.
                 deadline = self._queue[0].arrived + self.max_delay_s
                 await self._wait_for_rows(self.max_batch_size, deadline)
             batch: list[_Part] = []
@@ -233,6 +249,9 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+_COMPANY_WEIGHT = 0.2
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

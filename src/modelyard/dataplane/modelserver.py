@@ -271,6 +271,9 @@ async def _serve(app: ReplicaApp, args: argparse.Namespace) -> bool:
     await serve_until_signalled(server, grace_s=_DRAIN_GRACE_S)
     if app.batcher is not None:
         await app.batcher.close()
+    if args.uds:
+        with contextlib.suppress(OSError):
+            os.unlink(args.uds)
     return True
 
 
