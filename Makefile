@@ -7,14 +7,18 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv test pg-bin lint demo clean
+.PHONY: help venv test pg-bin wrk-bin bench bench-quick lint demo clean
 
 help:
 	@echo "make test    install (.venv) and run every test tier (unit, integration, e2e)"
 	@echo "make lint    ruff check + mypy"
+	@echo "make bench   run the data-plane benchmark, bench/run.py (options: BENCH_ARGS='--help')"
+	@echo "make bench-quick  a quick smoke run of the benchmark (under a minute; not for numbers)"
+	@echo "make wrk-bin install wrk, the benchmark's load generator (apt-get, when root)"
 	@echo "make demo    run scripts/demo.py"
 	@echo "make clean   remove .venv, .modelyard and build artifacts"
 
@@ -57,7 +61,24 @@ pg-bin:
 	  echo "warning: PostgreSQL (initdb) not found and not root; postgres tests will skip" >&2; \
 	fi
 
-test: venv pg-bin
+# wrk, the load generator the benchmark prefers (bench/). A failed install is not fatal: the
+# benchmark then runs its Python load generator and says so, and the wrk test skips.
+wrk-bin:
+	@if command -v wrk >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing wrk (apt-get install wrk)"; \
+	  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+	         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
+	       } </dev/null >/tmp/modelyard-apt-wrk.log 2>&1; then \
+	    echo "warning: installing wrk failed (see /tmp/modelyard-apt-wrk.log); the benchmark will use its Python load generator" >&2; \
+	    tail -n 5 /tmp/modelyard-apt-wrk.log >&2 || true; \
+	  fi; \
+	else \
+	  echo "warning: wrk not found and not root; the benchmark will use its Python load generator" >&2; \
+	fi
+
+test: venv pg-bin wrk-bin
 	@rc=0; $(VENV)/bin/pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$rc
@@ -65,6 +86,12 @@ test: venv pg-bin
 lint: venv
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
+
+bench: venv wrk-bin
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: venv wrk-bin
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
 demo: venv
 	$(PY) scripts/demo.py

@@ -1,0 +1,1 @@
+"""The data-plane benchmark harness behind ``bench/run.py`` (see ``bench/README.md``)."""

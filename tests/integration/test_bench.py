@@ -1,0 +1,128 @@
+"""The benchmark harness (bench/run.py) works end to end.
+
+Correctness only: these tests time nothing and assert no performance number or target, only that
+every run happened without a failed request and that the report is complete. They run the quick
+mode on few levels and two workers, to stay short.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN = REPO_ROOT / "bench" / "run.py"
+TARGETS = {
+    "W1": ["ceiling", "handwritten", "platform"],
+    "W2": ["ceiling", "handwritten", "platform", "platform_no_batching"],
+}
+RAW_KEYS = ("calls_per_s", "p50_ms", "batch_rows_per_s")
+LEVEL_RATIOS = (
+    "platform_vs_handwritten_rps",
+    "platform_vs_handwritten_p99",
+    "platform_vs_ceiling_rps",
+)
+W2_RATIOS = (
+    "platform_vs_raw_batch_rows",
+    "platform_no_batching_vs_handwritten_rps",
+    "batching_gain_rps",
+)
+
+
+def run_bench(out: Path, *args: str, timeout_s: float = 150) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--out", str(out), "--workers", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def load_results(out: Path) -> tuple[dict[str, Any], str]:
+    (json_file,) = out.glob("*.json")
+    (md_file,) = out.glob("*.md")
+    assert json_file.stem == md_file.stem
+    document: dict[str, Any] = json.loads(json_file.read_text())
+    return document, md_file.read_text()
+
+
+def check_results(
+    document: dict[str, Any], markdown: str, generator: str, workloads: list[str], levels: list[int]
+) -> None:
+    assert document["machine"]["generator"].startswith(generator)
+    assert document["settings"]["generator"] == generator
+    for key in ("cpu_model", "logical_cores", "ram_gb", "os", "python", "git_commit", "date"):
+        assert document["machine"][key], key
+    for package in ("numpy", "scikit-learn", "uvicorn", "modelyard"):
+        assert document["machine"]["versions"][package], package
+    assert document["errors_total"] == 0
+
+    assert sorted(document["results"]) == sorted(workloads)
+    for workload in workloads:
+        raw = document["raw_in_process"][workload]
+        assert all(raw[key] > 0 for key in RAW_KEYS), raw
+        targets = document["results"][workload]["targets"]
+        assert list(targets) == TARGETS[workload]
+        for target, result in targets.items():
+            assert sorted(int(level) for level in result["levels"]) == levels, target
+            for level, m in result["levels"].items():
+                where = f"{workload} {target} {level}"
+                assert m["requests"] > 0, where
+                assert m["errors"] == 0, (where, m["errors_by_kind"])
+                assert m["requests_per_s"] > 0 and m["p50_ms"] > 0 and m["p99_ms"] > 0, where
+                assert m["peak_rss_mb"] > 0, where
+                assert m["vs_handwritten_rps"] > 0 and m["vs_ceiling_rps"] > 0, where
+        ratios = document["ratios"][workload]
+        assert sorted(int(level) for level in ratios) == levels
+        for level, values in ratios.items():
+            expected = LEVEL_RATIOS + (W2_RATIOS if workload == "W2" else ())
+            assert all(values[key] > 0 for key in expected), (workload, level, values)
+        assert f'## {workload} "' in markdown
+    assert document["ratios"]["w1_added_p50_ms"]["added_ms"] is not None
+
+    measured = {t["id"]: t for t in document["targets"]}
+    assert len(measured) == 6
+    for target in measured.values():
+        in_run = target["id"].partition("-")[0].upper() in workloads
+        assert target["status"] in (("PASS", "FAIL") if in_run else ("NOT MEASURED",)), target
+        assert target["description"] in markdown
+
+    assert "| target | clients | req/s | p50 ms | p99 ms | errors | peak RSS MB |" in markdown
+    assert "## Targets" in markdown
+    assert document["machine"]["generator"] in markdown
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_with_the_python_generator(tmp_path: Path) -> None:
+    done = run_bench(tmp_path, "--generator", "python", "--levels", "1,64")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    document, markdown = load_results(tmp_path)
+    check_results(document, markdown, "python", ["W1", "W2"], [1, 64])
+    assert "## Targets" in done.stdout  # the report is printed at the end
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make wrk-bin)")
+def test_quick_run_with_wrk(tmp_path: Path) -> None:
+    done = run_bench(tmp_path, "--generator", "wrk", "--workloads", "W1", "--levels", "1,64")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    document, markdown = load_results(tmp_path)
+    check_results(document, markdown, "wrk", ["W1"], [1, 64])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--levels", "0"], ["--workloads", "W9"], ["--duration", "-1"], ["--workers", "0"]],
+)
+def test_bad_arguments_are_refused(tmp_path: Path, args: list[str]) -> None:
+    done = run_bench(tmp_path, *args, timeout_s=60)
+    assert done.returncode == 2, done.stderr
+    assert "error:" in done.stderr
+    assert not list(tmp_path.iterdir())
