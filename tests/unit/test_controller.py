@@ -428,7 +428,12 @@ def test_routes_list_only_ready_replicas_of_the_active_revision(world: World) ->
         "e": {
             "revision": 1,
             "variants": [
-                {"name": "v", "weight": 1.0, "replicas": sorted([r1.address, r2.address])}
+                {
+                    "name": "v",
+                    "weight": 1.0,
+                    "bundles": True,  # sklearn replicas are model servers, which take bundles
+                    "replicas": sorted([r1.address, r2.address]),
+                }
             ],
         }
     }
@@ -560,3 +565,17 @@ def test_batching_on_a_container_model_is_refused_and_nothing_is_written(world: 
     with world.store.tx() as repo:
         assert repo.list_models() == []
         assert repo.list_endpoints() == []
+
+
+def test_container_replicas_are_not_sent_bundles(world: World) -> None:
+    raws = [
+        {
+            "kind": "Model",
+            "name": "m",
+            "spec": {"runtime": "container", "container": {"command": ["serve"]}},
+        },
+        {"kind": "Endpoint", "name": "e", "spec": {"variants": [{"name": "v", "model": "m"}]}},
+    ]
+    apply_documents(world.store, parse_documents(raws), world.clock())
+    world.tick(2)
+    assert routes(world.store)["e"]["variants"][0]["bundles"] is False

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from modelyard.dataplane import bundle
 from modelyard.dataplane import sagemaker as sm
 from modelyard.dataplane.http import Answer, Headers, Request
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
@@ -243,14 +244,23 @@ class Gateway:
 
     async def _forward(
         self, variant: VariantRoute, headers: dict[bytes, bytes], body: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    ) -> Answer | None:
         """The replica's answer, or None when no replica could be reached."""
-        lines = [b"Content-Type: ", headers.get(b"content-type", _JSON), b"\r\n"]
-        for key in _FORWARDED:
-            value = headers.get(key)
-            if value is not None:
-                lines += (key, b": ", value, b"\r\n")
-        extra = b"".join(lines)
+        content_type = headers.get(b"content-type", _JSON)
+        if variant.bundles:
+            item = bundle.encode_item(
+                content_type,
+                headers.get(b"accept", b""),
+                headers.get(sm.H_CUSTOM_ATTRIBUTES, b""),
+                body,
+            )
+        else:
+            lines = [b"Content-Type: ", content_type, b"\r\n"]
+            for key in _FORWARDED:
+                value = headers.get(key)
+                if value is not None:
+                    lines += (key, b": ", value, b"\r\n")
+            extra = b"".join(lines)
         tried: Upstream | None = None
         for _attempt in range(2):
             upstream = variant.choose(exclude=tried)
@@ -258,7 +268,21 @@ class Gateway:
                 return None
             upstream.outstanding += 1
             try:
-                resp = await self.upstreams.pool(upstream.address).post(extra, body, self.timeout_s)
+                pool = self.upstreams.pool(upstream.address)
+                out_type: bytes | None
+                attrs: bytes | None
+                if variant.bundles:
+                    answer = await pool.invoke(item, self.timeout_s)
+                    status, out_type, out_body = answer.status, answer.content_type, answer.body
+                    attrs = answer.attrs or None
+                else:
+                    resp = await pool.post(extra, body, self.timeout_s)
+                    status, out_type, out_body = (
+                        resp.status,
+                        resp.header(b"content-type"),
+                        resp.body,
+                    )
+                    attrs = resp.header(sm.H_CUSTOM_ATTRIBUTES)
             except UpstreamError:
                 tried = upstream  # the replica is gone or going: one more try elsewhere
                 continue
@@ -270,19 +294,14 @@ class Gateway:
                 ) from exc
             finally:
                 upstream.outstanding -= 1
-            status = resp.status
             if status >= 300:
                 raise GatewayError(
-                    424, sm.MODEL_ERROR, sm.model_error_body(variant.name, status, resp.body)
+                    424, sm.MODEL_ERROR, sm.model_error_body(variant.name, status, out_body)
                 )
-            out = [
-                (b"content-type", resp.header(b"content-type") or _JSON),
-                (sm.H_INVOKED_VARIANT, variant.name.encode()),
-            ]
-            attrs = resp.header(sm.H_CUSTOM_ATTRIBUTES)
+            out = [(b"content-type", out_type or _JSON), (sm.H_INVOKED_VARIANT, variant.name_bytes)]
             if attrs is not None:
                 out.append((sm.H_CUSTOM_ATTRIBUTES, attrs))
-            return status, out, resp.body
+            return status, out, out_body
         return None
 
 

@@ -39,7 +39,7 @@ from fsspec.implementations.local import LocalFileSystem
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from modelyard.dataplane import codecs, http
+from modelyard.dataplane import bundle, codecs, http
 from modelyard.dataplane.batching import Batcher, call_model
 from modelyard.dataplane.http import Answer, Headers, HttpServer, Request, serve_until_signalled
 from modelyard.errors import ModelInvocationError, ModelyardError, RuntimeLoadError, SpecError
@@ -49,7 +49,9 @@ from modelyard.spec import BatchingSpec, ModelSpec
 EXIT_STARTUP_FAILED = 1
 EXIT_LOAD_FAILED = 3
 
-_JSON_HEADERS = ((b"content-type", codecs.JSON.encode()),)
+_JSON = codecs.JSON.encode()
+_JSON_HEADERS = ((b"content-type", _JSON),)
+_BUNDLE_HEADERS = ((b"content-type", bundle.CONTENT_TYPE),)
 _METRICS_HEADERS = ((b"content-type", CONTENT_TYPE_LATEST.encode()),)
 _MEDIA_BYTES = {media: media.encode() for media in codecs.MEDIA_TYPES}
 _CUSTOM_ATTRIBUTES = b"x-amzn-sagemaker-custom-attributes"
@@ -108,6 +110,10 @@ class ReplicaApp:
             if method in ("GET", "HEAD"):
                 return 200, _JSON_HEADERS, _PING
             return _not_allowed(b"GET, HEAD")
+        if path == bundle.PATH:
+            if method == "POST":
+                return await self._invoke_bundle(request)
+            return _not_allowed(b"POST")
         if path == "/metrics" and method == "GET":
             return 200, _METRICS_HEADERS, generate_latest(self.registry)
         return _error(
@@ -116,39 +122,82 @@ class ReplicaApp:
 
     async def _invoke(self, request: Request) -> Answer:
         headers = request.headers
-        body = request.body
-        raw_type = headers.get(b"content-type")
-        content_type = raw_type.decode("latin-1") if raw_type is not None else None
-        raw_accept = headers.get(b"accept")
         attrs = headers.get(_CUSTOM_ATTRIBUTES)
-        echo = [(_CUSTOM_ATTRIBUTES, attrs)] if attrs is not None else []
+        status, content_type, payload = await self._answer_one(
+            headers.get(b"content-type"), headers.get(b"accept"), request.body
+        )
+        out = [(b"content-type", content_type)]
+        if attrs is not None:
+            out.append((_CUSTOM_ATTRIBUTES, attrs))
+        return status, out, payload
+
+    async def _invoke_bundle(self, request: Request) -> Answer:
+        """Several invocations from the gateway, each answered as if it had come alone."""
+        try:
+            items = bundle.decode_items(request.body)
+        except ModelyardError as exc:
+            return _error(exc.http_status, exc.code, exc.message)
+        parts = [(i.content_type or None, i.accept or None, i.body) for i in items]
+        answers: list[tuple[int, bytes, bytes]]
+        if self.batcher is not None:  # each joins the batcher: one model call for many
+            answers = list(await asyncio.gather(*(self._answer_one(*part) for part in parts)))
+        else:  # one trip to a worker thread for the lot, answered one after the other
+            loop = asyncio.get_running_loop()
+            answers = await loop.run_in_executor(None, self._answer_all, parts)
+        body = b"".join(
+            bundle.encode_answer(status, content_type, item.attrs, payload)
+            for item, (status, content_type, payload) in zip(items, answers, strict=True)
+        )
+        return 200, _BUNDLE_HEADERS, body
+
+    async def _answer_one(
+        self, raw_type: bytes | None, raw_accept: bytes | None, body: bytes
+    ) -> tuple[int, bytes, bytes]:
+        """``(status, content type, body)`` of one invocation."""
+        if self.batcher is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, self._answer_sync, raw_type, raw_accept, body)
+        content_type = raw_type.decode("latin-1") if raw_type is not None else None
         try:
             # Refuse an unknown Accept before running the model.
             media = codecs.negotiate(raw_accept.decode("latin-1") if raw_accept else None)
-            loop = asyncio.get_running_loop()
-            if self.batcher is not None:
-                if len(body) < _DECODE_INLINE_BYTES:
-                    inputs = codecs.decode(body, content_type, to_array=self.to_array)
-                else:
-                    inputs = await loop.run_in_executor(
-                        None, partial(codecs.decode, body, content_type, to_array=self.to_array)
-                    )
-                outputs = await self.batcher.predict(inputs)
-                payload = _encode(outputs, media)
+            if len(body) < _DECODE_INLINE_BYTES:
+                inputs = codecs.decode(body, content_type, to_array=self.to_array)
             else:
-                payload = await loop.run_in_executor(None, self._answer, body, content_type, media)
+                loop = asyncio.get_running_loop()
+                inputs = await loop.run_in_executor(
+                    None, partial(codecs.decode, body, content_type, to_array=self.to_array)
+                )
+            payload = _encode(await self.batcher.predict(inputs), media)
         except ModelyardError as exc:
-            (self._client_error if exc.http_status < 500 else self._server_error).inc()
-            return _error(exc.http_status, exc.code, exc.message, echo)
+            return self._failed(exc)
         self._ok.inc()
-        return 200, [(b"content-type", _MEDIA_BYTES[media]), *echo], payload
+        return 200, _MEDIA_BYTES[media], payload
 
-    def _answer(self, body: bytes, content_type: str | None, media: str) -> bytes:
+    def _answer_all(
+        self, parts: list[tuple[bytes | None, bytes | None, bytes]]
+    ) -> list[tuple[int, bytes, bytes]]:
+        return [self._answer_sync(*part) for part in parts]
+
+    def _answer_sync(
+        self, raw_type: bytes | None, raw_accept: bytes | None, body: bytes
+    ) -> tuple[int, bytes, bytes]:
         """decode → predict → encode, in a worker thread; the model's failures become 424."""
-        inputs = codecs.decode(body, content_type, to_array=self.to_array)
-        outputs = call_model(self.runtime, inputs)
-        self.batch_size.observe(1)
-        return _encode(outputs, media)
+        try:
+            media = codecs.negotiate(raw_accept.decode("latin-1") if raw_accept else None)
+            content_type = raw_type.decode("latin-1") if raw_type is not None else None
+            inputs = codecs.decode(body, content_type, to_array=self.to_array)
+            outputs = call_model(self.runtime, inputs)
+            self.batch_size.observe(1)
+            payload = _encode(outputs, media)
+        except ModelyardError as exc:
+            return self._failed(exc)
+        self._ok.inc()
+        return 200, _MEDIA_BYTES[media], payload
+
+    def _failed(self, exc: ModelyardError) -> tuple[int, bytes, bytes]:
+        (self._client_error if exc.http_status < 500 else self._server_error).inc()
+        return exc.http_status, _JSON, _error_body(exc.code, exc.message)
 
 
 def _encode(outputs: Any, media: str) -> bytes:
@@ -168,9 +217,12 @@ def build_app(runtime: Runtime, batching: dict[str, Any] | None = None) -> Repli
     return ReplicaApp(runtime, batching)
 
 
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
 def _error(status: int, code: str, message: str, extra: Headers = ()) -> Answer:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    return status, [*_JSON_HEADERS, *extra], body
+    return status, [*_JSON_HEADERS, *extra], _error_body(code, message)
 
 
 def _not_allowed(allow: bytes) -> Answer:

@@ -23,7 +23,13 @@ class VariantRoute:
     name: str
     weight: float
     replicas: list[Upstream]
+    #: Whether the replicas are Modelyard model servers, which take bundled invocations.
+    bundles: bool = False
     _turn: itertools.count[int] = field(default_factory=itertools.count)
+    name_bytes: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.name_bytes = self.name.encode()
 
     def choose(self, exclude: Upstream | None = None) -> Upstream | None:
         """The replica with the fewest outstanding requests; ties rotate so load spreads."""
@@ -83,6 +89,8 @@ def build_routes(
         variants = {}
         for v in entry["variants"]:
             ups = [known.get(addr) or Upstream(addr) for addr in v["replicas"]]
-            variants[v["name"]] = VariantRoute(v["name"], float(v["weight"]), ups)
+            variants[v["name"]] = VariantRoute(
+                v["name"], float(v["weight"]), ups, bool(v.get("bundles", False))
+            )
         routes[name] = EndpointRoute(name, int(entry["revision"]), variants)
     return routes

@@ -22,6 +22,15 @@ from typing import cast
 
 import httptools
 
+from modelyard.dataplane import bundle
+
+#: Bundles one gateway process keeps on their way to one replica; more invocations wait and go
+#: together in the next bundle. Generous on purpose: holding requests back in the gateway starves
+#: the replica's batcher, which is the one that should do the waiting (measured in bench/NOTES.md).
+MAX_BUNDLES_IN_FLIGHT = 32
+_BUNDLE_PATH = bundle.PATH.encode()
+_BUNDLE_HEADERS = b"Content-Type: " + bundle.CONTENT_TYPE + b"\r\n"
+
 #: How long an idle connection is kept. Replicas keep theirs open longer, so the gateway is the
 #: side that closes an idle connection, never the replica under a request in flight.
 IDLE_TIMEOUT_S = 30.0
@@ -161,8 +170,12 @@ class Pool:
             host, _, port = hostport.rpartition(":")
             self._host, self._port = host.strip("[]"), int(port)
         host_header = "localhost" if self._unix else f"{self._host}:{self._port}"
-        self._prefix = f"POST /invocations HTTP/1.1\r\nHost: {host_header}\r\n".encode("latin-1")
+        self._host_line = f"Host: {host_header}\r\n".encode("latin-1")
         self._idle: deque[_Connection] = deque()
+        # Bundling: invocations waiting to go, and bundles on their way.
+        self._waiting: list[tuple[bytes, asyncio.Future[bundle.ItemAnswer]]] = []
+        self._bundles_in_flight = 0
+        self._flush_scheduled = False
 
     def forget(self, conn: _Connection) -> None:
         with contextlib.suppress(ValueError):  # not idle: in use, or already gone
@@ -193,11 +206,18 @@ class Pool:
             conn.close()
         return None
 
-    async def post(self, headers: bytes, body: bytes, timeout_s: float) -> Response:
-        """POST ``/invocations``; ``headers`` are extra ``Name: value\\r\\n`` lines (no
+    async def post(
+        self, headers: bytes, body: bytes, timeout_s: float, path: bytes = b"/invocations"
+    ) -> Response:
+        """POST to the replica; ``headers`` are extra ``Name: value\\r\\n`` lines (no
         Content-Length). A kept connection the replica closed while idle is replaced once."""
         loop = asyncio.get_running_loop()
-        head = b"%sContent-Length: %d\r\n%s\r\n" % (self._prefix, len(body), headers)
+        head = b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n%s\r\n" % (
+            path,
+            self._host_line,
+            len(body),
+            headers,
+        )
         deadline = loop.time() + timeout_s
         conn = self._take_idle(loop.time())
         reused = conn is not None
@@ -219,6 +239,70 @@ class Pool:
         else:
             conn.close()
         return response
+
+    # bundles ----------------------------------------------------------------------------------
+    async def invoke(self, item: bytes, timeout_s: float) -> bundle.ItemAnswer:
+        """One invocation (an encoded :mod:`bundle` item), sent in a bundle with the others
+        waiting for this replica: invocations made in the same turn of the event loop travel
+        together (no delay is added); while ``MAX_BUNDLES_IN_FLIGHT`` bundles are out, new ones
+        wait for the next."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bundle.ItemAnswer] = loop.create_future()
+        self._waiting.append((item, future))
+        if not self._flush_scheduled and self._bundles_in_flight < MAX_BUNDLES_IN_FLIGHT:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await future
+
+    def _flush(self, timeout_s: float) -> None:
+        self._flush_scheduled = False
+        if not self._waiting or self._bundles_in_flight >= MAX_BUNDLES_IN_FLIGHT:
+            return
+        items = [(item, fut) for item, fut in self._waiting if not fut.done()]  # timed out: skip
+        self._waiting = []
+        if not items:
+            return
+        self._bundles_in_flight += 1
+        asyncio.get_running_loop().create_task(self._send_bundle(items, timeout_s))
+
+    async def _send_bundle(
+        self, items: list[tuple[bytes, asyncio.Future[bundle.ItemAnswer]]], timeout_s: float
+    ) -> None:
+        try:
+            body = b"".join(item for item, _ in items)
+            try:
+                response = await self.post(_BUNDLE_HEADERS, body, timeout_s, _BUNDLE_PATH)
+                if response.status != 200:
+                    raise UpstreamDisconnected(
+                        f"the replica refused a bundle ({response.status}): "
+                        f"{response.body[:200].decode('utf-8', 'replace')}",
+                        True,
+                    )
+                answers = bundle.decode_answers(response.body)
+                if len(answers) != len(items):
+                    raise UpstreamDisconnected(
+                        f"the replica answered {len(answers)} of {len(items)} bundled requests",
+                        True,
+                    )
+            except (UpstreamError, TimeoutError, ValueError) as exc:
+                error = (
+                    exc
+                    if isinstance(exc, (UpstreamError, TimeoutError))
+                    else (UpstreamDisconnected(str(exc), True))
+                )
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(error)
+                return
+            for (_, future), answer in zip(items, answers, strict=True):
+                if not future.done():
+                    future.set_result(answer)
+        finally:
+            self._bundles_in_flight -= 1
+            if self._waiting and not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush, timeout_s)
 
     def close(self) -> None:
         while self._idle:

@@ -153,6 +153,9 @@ def routes(store: Store) -> dict[str, Any]:
                     {
                         "name": v["name"],
                         "weight": v["weight"],
+                        # Model servers take bundled invocations; containers plain ones only.
+                        "bundles": (rev.models.get(v["model"]) or {}).get("runtime")
+                        not in (None, "container"),
                         "replicas": sorted(
                             r.address
                             for r in replicas
