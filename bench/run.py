@@ -78,6 +78,7 @@ class Settings:
     warmup_s: float
     duration_s: float
     workers: int
+    batching_replicas: int
     generator: str  # "wrk" or "python"
     handler: str
     quick: bool
@@ -91,6 +92,7 @@ class Settings:
             "warmup_s": self.warmup_s,
             "duration_s": self.duration_s,
             "workers": self.workers,
+            "batching_replicas": self.batching_replicas,
             "generator": self.generator,
             "handwritten_handler": self.handler,
             "quick": self.quick,
@@ -177,6 +179,15 @@ def parse_args(argv: list[str] | None) -> Settings:
         "(default: the number of CPUs, %(default)s here)",
     )
     parser.add_argument(
+        "--batching-replicas",
+        type=int,
+        metavar="N",
+        default=1,
+        help="replicas of the platform's batching endpoint (default: 1: one replica's batches "
+        "fill; more replicas split them, see bench/NOTES.md). The hand-written server keeps "
+        "--workers",
+    )
+    parser.add_argument(
         "--generator",
         choices=("auto", "wrk", "python"),
         default="auto",
@@ -199,6 +210,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.batching_replicas < 1:
+        parser.error("--batching-replicas must be at least 1")
     defaults = QUICK if args.quick else DEFAULTS
     generator = args.generator
     if generator == "auto":
@@ -221,6 +234,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         warmup_s=float(args.warmup or defaults.warmup_s),
         duration_s=duration,
         workers=args.workers,
+        batching_replicas=args.batching_replicas,
         generator=generator,
         handler=args.handwritten_handler,
         quick=args.quick,
@@ -383,7 +397,10 @@ class Bench:
         say(f"load generator: {generator_description}")
 
         # Every server starts at once (their start-ups overlap), then each is waited for.
-        say(f"starting the servers ({s.workers} workers / replicas each)")
+        say(
+            f"starting the servers ({s.workers} workers / replicas each, "
+            f"{s.batching_replicas} for the batching endpoint)"
+        )
         servers: list[Server] = []
         self._stack.callback(stop_all, servers)
         platform = Platform(self.work)
@@ -401,7 +418,7 @@ class Bench:
             )
             servers.append(hands[workload.id])
         platform.wait()
-        endpoints = platform.deploy(prepared.models, s.workers)
+        endpoints = platform.deploy(prepared.models, s.workers, s.batching_replicas)
         ceiling.wait()
         for hand in hands.values():
             hand.wait()

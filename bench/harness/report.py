@@ -315,8 +315,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- Machine: {machine_line(machine)}.",
         f"- Settings: {', '.join(str(c) for c in settings['levels'])} concurrent keep-alive "
         f"clients; warm-up {settings['warmup_s']:g} s and {settings['duration_s']:g} s measured "
-        f"per level; {settings['workers']} uvicorn workers / platform replicas; hand-written "
-        f"handler `{settings['handwritten_handler']} def`"
+        f"per level; {settings['workers']} uvicorn workers / platform replicas "
+        f"({settings.get('batching_replicas', settings['workers'])} for the batching endpoint); "
+        f"hand-written handler `{settings['handwritten_handler']} def`"
         + ("; **quick mode** (numbers are indicative only)" if settings["quick"] else "")
         + ".",
         "- Ratios are against runs in this same invocation; absolute numbers move with the "

@@ -180,9 +180,12 @@ class Platform:
         with _http() as http:
             return http.get(f"{self.api_url}/healthz").status_code == 200
 
-    def deploy(self, models: dict[Workload, Path], workers: int) -> dict[tuple[str, str], str]:
-        """One Model per workload and one Endpoint per platform target; waits until all are in
-        service. Returns ``{(workload id, target): endpoint name}``."""
+    def deploy(
+        self, models: dict[Workload, Path], workers: int, batching_replicas: int
+    ) -> dict[tuple[str, str], str]:
+        """One Model per workload and one Endpoint per platform target (``workers`` replicas,
+        ``batching_replicas`` for the batching one); waits until all are in service. Returns
+        ``{(workload id, target): endpoint name}``."""
         documents: list[dict[str, Any]] = []
         names: dict[tuple[str, str], str] = {}
         for workload, artifact in models.items():
@@ -204,7 +207,7 @@ class Platform:
                 variant: dict[str, Any] = {
                     "name": "main",
                     "model": workload.slug,
-                    "instance_count": workers,
+                    "instance_count": batching_replicas if batching else workers,
                     "resources": {"cpus": 1},
                 }
                 if batching:

@@ -1,6 +1,6 @@
-"""``modelyard server``: a small supervisor that runs the control plane and the gateway as
-separate processes on sockets it holds, restarts either one if it dies, and stops both cleanly on
-Ctrl-C / SIGTERM.
+"""``modelyard server``: a small supervisor that runs the control plane and the gateway (one or
+more worker processes) as separate processes on sockets it holds, restarts any that dies, and
+stops them cleanly on Ctrl-C / SIGTERM.
 
 Holding the listening sockets here means a restarted child comes back on the same port, and a
 request that arrives in between waits in the socket's backlog instead of being refused.
@@ -88,9 +88,18 @@ class Supervisor:
         server_file.write_text(
             json.dumps({"api_url": api_url, "gateway_url": gw_url, "pid": os.getpid()})
         )
+        workers = s.gateway_workers
         self.children = [
             Child("control plane", "modelyard.controlplane.main", api, restarts=[]),
-            Child("gateway", "modelyard.dataplane.main", gateway, restarts=[]),
+            *(
+                Child(
+                    "gateway" if workers == 1 else f"gateway worker {i + 1}",
+                    "modelyard.dataplane.main",
+                    gateway,  # the workers share the socket; the kernel spreads connections
+                    restarts=[],
+                )
+                for i in range(workers)
+            ),
         ]
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -107,8 +116,8 @@ class Supervisor:
         self._stop_children()
         with contextlib.suppress(OSError):
             server_file.unlink()
-        for child in self.children:
-            child.sock.close()
+        for sock in {id(c.sock): c.sock for c in self.children}.values():
+            sock.close()
         return code
 
     def _watch(self, settings_json: str) -> int:

@@ -26,6 +26,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     api_port: int = DEFAULT_API_PORT
     gateway_port: int = DEFAULT_GATEWAY_PORT
+    gateway_workers: int = 1
     require_invoke_token: bool = False
     invocation_timeout_s: float = 60.0
     max_payload_bytes: int = 25 * 1024 * 1024

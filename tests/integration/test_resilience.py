@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from tests.support import ServerProcess, make_sklearn_model, wait_for, write_yaml
 
@@ -143,6 +144,44 @@ def test_gateway_restart_serves_from_the_saved_routing_table(server: ServerProce
 
     wait_for(answered, 30, what="the restarted gateway to serve")
     assert server.child("modelyard.dataplane.main").pid != gateway.pid
+
+
+def test_gateway_workers_share_the_port_and_a_dead_one_is_replaced(tmp_path: Path) -> None:
+    make_sklearn_model(tmp_path / "model.joblib")
+    docs = [
+        {"kind": "Model", "name": "m", "spec": {"artifact": "model.joblib", "runtime": "sklearn"}},
+        {"kind": "Endpoint", "name": "ep", "spec": {"variants": [{"name": "v", "model": "m"}]}},
+    ]
+    write_yaml(tmp_path / "endpoint.yaml", docs)
+    server = ServerProcess(tmp_path / "state", "--gateway-workers", "2")
+
+    def gateways() -> list[psutil.Process]:
+        return [
+            p
+            for p in psutil.Process(server.proc.pid).children()
+            if "modelyard.dataplane.main" in " ".join(p.cmdline())
+        ]
+
+    def answered() -> bool:  # a new connection each time: whichever worker accepts it answers
+        url = f"{server.gateway_url}/endpoints/ep/invocations"
+        headers = {"Content-Type": "application/json"}
+        return httpx.post(url, content=BODY, headers=headers, trust_env=False).status_code == 200
+
+    try:
+        server.client.apply_file(tmp_path / "endpoint.yaml")
+        assert server.client.wait_endpoint("ep", timeout_s=120)["status"] == "InService"
+        first, second = wait_for(lambda: gateways() if len(gateways()) == 2 else None, 30)
+        first.kill()
+        first.wait(10)
+        assert all(answered() for _ in range(20))  # the other worker serves meanwhile
+        replaced = wait_for(
+            lambda: gateways() if len(gateways()) == 2 else None, 30, what="a new gateway worker"
+        )
+        assert first.pid not in {p.pid for p in replaced}
+        assert second.pid in {p.pid for p in replaced}
+        wait_for(answered, 30, what="the gateway to serve")
+    finally:
+        assert server.stop() == 0
 
 
 def test_server_stop_drains_replicas_and_start_brings_endpoints_back(

@@ -86,6 +86,15 @@ def server(
     gateway_port: Annotated[
         int, typer.Option(help="Gateway (invocations) port (0 = any)")
     ] = DEFAULT_GATEWAY_PORT,
+    gateway_workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Gateway processes sharing the gateway port. One handles tens of thousands of "
+            "requests a second; more pay only when it is the bottleneck (bench/NOTES.md)",
+        ),
+    ] = 1,
     require_invoke_token: Annotated[
         bool, typer.Option(help="Require the invoke token (state dir: invoke-token) on invocations")
     ] = False,
@@ -104,6 +113,7 @@ def server(
         host=host,
         api_port=port,
         gateway_port=gateway_port,
+        gateway_workers=gateway_workers,
         require_invoke_token=require_invoke_token,
         invocation_timeout_s=invocation_timeout,
     )

@@ -25,6 +25,7 @@ import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -133,14 +134,19 @@ class Batcher:
     async def predict(self, inputs: Any) -> Any:
         """The model's outputs for one request's ``inputs``, computed in a shared call when they
         can be batched (rows along the first axis), alone otherwise."""
+        return await self.submit(inputs)
+
+    def submit(self, inputs: Any) -> asyncio.Future[Any]:
+        """Queue one request's ``inputs``; the future gets its outputs (or its error). Cheaper
+        than :meth:`predict` for many requests at once: no task per request."""
         loop = asyncio.get_running_loop()
         rows = self.runtime.batch_rows(inputs)
         if rows is None:  # not rows the model can take with others: a call of its own
-            return await loop.run_in_executor(self._thread, call_model, self.runtime, inputs)
+            return loop.run_in_executor(self._thread, call_model, self.runtime, inputs)
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._gather_forever())
         size = self.max_batch_size
-        futures = []
+        futures: list[asyncio.Future[Any]] = []
         now = loop.time()
         self._company += _COMPANY_WEIGHT * (self._in_flight - self._company)
         for start in range(0, len(rows), size):
@@ -152,13 +158,17 @@ class Batcher:
         if wake is not None and self._queued_rows >= self._need_rows and not wake.done():
             wake.set_result(None)
         self._in_flight += 1
-        try:
-            if len(futures) == 1:
-                return await futures[0]
-            outputs = await asyncio.gather(*futures)
-            return _join_outputs(outputs)
-        finally:
-            self._in_flight -= 1
+        if len(futures) == 1:
+            result = futures[0]
+        else:  # a request split across calls: its outputs joined back in order
+            result = loop.create_future()
+            gathered = asyncio.gather(*futures)
+            gathered.add_done_callback(partial(_join_into, result))
+        result.add_done_callback(self._done)
+        return result
+
+    def _done(self, _: asyncio.Future[Any]) -> None:
+        self._in_flight -= 1
 
     def _others_expected(self) -> bool:
         """Whether requests have been overlapping lately, so others may join within the window."""
@@ -252,6 +262,17 @@ class Batcher:
 
 
 _COMPANY_WEIGHT = 0.2
+
+
+def _join_into(result: asyncio.Future[Any], gathered: asyncio.Future[list[Any]]) -> None:
+    if result.done():
+        return
+    if gathered.cancelled():
+        result.cancel()
+    elif (exc := gathered.exception()) is not None:
+        result.set_exception(exc)
+    else:
+        result.set_result(_join_outputs(gathered.result()))
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

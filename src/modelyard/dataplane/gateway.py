@@ -30,6 +30,8 @@ log = logging.getLogger("modelyard.gateway")
 
 _JSON = b"application/json"
 _JSON_HEADERS = ((b"content-type", _JSON),)
+#: Bodies larger than this go alone: bundling saves per-request overhead, which they dwarf.
+_BUNDLE_MAX_BODY = 64 * 1024
 _FORWARDED = (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID)
 
 
@@ -148,7 +150,7 @@ class Gateway:
                     mine[i] += value
 
     def _save_routes(self, table: Any) -> None:
-        tmp = self.routes_file.with_suffix(".tmp")
+        tmp = self.routes_file.with_suffix(f".{os.getpid()}.tmp")  # workers write it too
         try:
             tmp.write_text(json.dumps(table))
             os.replace(tmp, self.routes_file)
@@ -247,7 +249,8 @@ class Gateway:
     ) -> Answer | None:
         """The replica's answer, or None when no replica could be reached."""
         content_type = headers.get(b"content-type", _JSON)
-        if variant.bundles:
+        bundled = variant.bundles and len(body) <= _BUNDLE_MAX_BODY
+        if bundled:
             item = bundle.encode_item(
                 content_type,
                 headers.get(b"accept", b""),
@@ -271,7 +274,7 @@ class Gateway:
                 pool = self.upstreams.pool(upstream.address)
                 out_type: bytes | None
                 attrs: bytes | None
-                if variant.bundles:
+                if bundled:
                     answer = await pool.invoke(item, self.timeout_s)
                     status, out_type, out_body = answer.status, answer.content_type, answer.body
                     attrs = answer.attrs or None

@@ -140,7 +140,7 @@ class ReplicaApp:
         parts = [(i.content_type or None, i.accept or None, i.body) for i in items]
         answers: list[tuple[int, bytes, bytes]]
         if self.batcher is not None:  # each joins the batcher: one model call for many
-            answers = list(await asyncio.gather(*(self._answer_one(*part) for part in parts)))
+            answers = await self._answer_batched(parts)
         else:  # one trip to a worker thread for the lot, answered one after the other
             loop = asyncio.get_running_loop()
             answers = await loop.run_in_executor(None, self._answer_all, parts)
@@ -173,6 +173,33 @@ class ReplicaApp:
             return self._failed(exc)
         self._ok.inc()
         return 200, _MEDIA_BYTES[media], payload
+
+    async def _answer_batched(
+        self, parts: list[tuple[bytes | None, bytes | None, bytes]]
+    ) -> list[tuple[int, bytes, bytes]]:
+        """Answers for a bundle's invocations through the batcher, without a task for each."""
+        assert self.batcher is not None
+        answers: list[tuple[int, bytes, bytes] | None] = [None] * len(parts)
+        pending: list[tuple[int, str, asyncio.Future[Any]]] = []
+        for index, (raw_type, raw_accept, body) in enumerate(parts):
+            try:
+                media = codecs.negotiate(raw_accept.decode("latin-1") if raw_accept else None)
+                content_type = raw_type.decode("latin-1") if raw_type is not None else None
+                inputs = codecs.decode(body, content_type, to_array=self.to_array)
+                pending.append((index, media, self.batcher.submit(inputs)))
+            except ModelyardError as exc:
+                answers[index] = self._failed(exc)
+        if pending:
+            await asyncio.wait([future for _, _, future in pending])
+        for index, media, future in pending:
+            try:
+                payload = _encode(future.result(), media)
+            except ModelyardError as exc:
+                answers[index] = self._failed(exc)
+                continue
+            self._ok.inc()
+            answers[index] = (200, _MEDIA_BYTES[media], payload)
+        return [answer for answer in answers if answer is not None]
 
     def _answer_all(
         self, parts: list[tuple[bytes | None, bytes | None, bytes]]
