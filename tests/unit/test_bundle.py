@@ -16,8 +16,10 @@ from sklearn.linear_model import LogisticRegression
 from tests.support import serving
 
 from modelyard.dataplane import bundle
+from modelyard.dataplane.gateway import Gateway
 from modelyard.dataplane.http import Answer, HttpServer, Request
 from modelyard.dataplane.modelserver import ReplicaApp
+from modelyard.dataplane.routing import build_routes
 from modelyard.dataplane.upstream import Pool, UpstreamDisconnected
 from modelyard.errors import InvalidInputError
 from modelyard.runtimes.python import PythonRuntime
@@ -202,3 +204,48 @@ def test_a_python_predictor_gets_bundled_items_one_by_one(
 
     answers = bundle.decode_answers(run(scenario()).content)
     assert [json.loads(a.body) for a in answers] == [{"predictions": "A"}, {"predictions": "B"}]
+
+
+def test_a_replica_that_does_not_take_bundles_gets_plain_requests(tmp_path: Path) -> None:
+    """A model server of an older version, re-adopted after an upgrade, answers 404 to
+    /bundle: the gateway falls back to /invocations for it and stops trying bundles."""
+    seen: list[str] = []
+
+    async def old_replica(request: Request) -> Answer:
+        seen.append(request.path)
+        if request.path != "/invocations":
+            return 404, [], b"no such route"
+        return 200, [(b"content-type", b"application/json")], b'{"predictions": [1]}'
+
+    async def scenario() -> list[Answer]:
+        server = HttpServer(old_replica)
+        (address,) = await server.listen(host="127.0.0.1", port=0)
+        gateway = Gateway(
+            control_url="http://127.0.0.1:9",
+            token="t",
+            invoke_token=None,
+            routes_file=tmp_path / "routes.json",
+            max_payload_bytes=1024,
+            timeout_s=5,
+            sync_interval_s=60,
+        )
+        table = {
+            "e": {
+                "revision": 1,
+                "variants": [{"name": "v", "weight": 1, "bundles": True, "replicas": [address]}],
+            }
+        }
+        gateway.routes = build_routes(table, {})
+        request = Request(
+            "POST", "/endpoints/e/invocations", b"", {b"content-type": b"application/json"}, b"[1]"
+        )
+        try:
+            return [await gateway(request) for _ in range(2)]
+        finally:
+            gateway.upstreams.close()
+            await server.shutdown(grace_s=2)
+
+    answers = run(scenario())
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert answers[0][2] == b'{"predictions": [1]}'
+    assert seen == ["/bundle", "/invocations", "/invocations"]

@@ -24,7 +24,7 @@ from modelyard.dataplane import bundle
 from modelyard.dataplane import sagemaker as sm
 from modelyard.dataplane.http import Answer, Headers, Request
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
-from modelyard.dataplane.upstream import UpstreamError, Upstreams
+from modelyard.dataplane.upstream import BundlesUnsupported, Pool, UpstreamError, Upstreams
 
 log = logging.getLogger("modelyard.gateway")
 
@@ -249,21 +249,14 @@ class Gateway:
     ) -> Answer | None:
         """The replica's answer, or None when no replica could be reached."""
         content_type = headers.get(b"content-type", _JSON)
-        bundled = variant.bundles and len(body) <= _BUNDLE_MAX_BODY
-        if bundled:
+        item = b""
+        if variant.bundles and len(body) <= _BUNDLE_MAX_BODY:
             item = bundle.encode_item(
                 content_type,
                 headers.get(b"accept", b""),
                 headers.get(sm.H_CUSTOM_ATTRIBUTES, b""),
                 body,
             )
-        else:
-            lines = [b"Content-Type: ", content_type, b"\r\n"]
-            for key in _FORWARDED:
-                value = headers.get(key)
-                if value is not None:
-                    lines += (key, b": ", value, b"\r\n")
-            extra = b"".join(lines)
         tried: Upstream | None = None
         for _attempt in range(2):
             upstream = variant.choose(exclude=tried)
@@ -272,20 +265,12 @@ class Gateway:
             upstream.outstanding += 1
             try:
                 pool = self.upstreams.pool(upstream.address)
-                out_type: bytes | None
-                attrs: bytes | None
-                if bundled:
-                    answer = await pool.invoke(item, self.timeout_s)
-                    status, out_type, out_body = answer.status, answer.content_type, answer.body
-                    attrs = answer.attrs or None
-                else:
-                    resp = await pool.post(extra, body, self.timeout_s)
-                    status, out_type, out_body = (
-                        resp.status,
-                        resp.header(b"content-type"),
-                        resp.body,
-                    )
-                    attrs = resp.header(sm.H_CUSTOM_ATTRIBUTES)
+                answer = None
+                if item and pool.takes_bundles:
+                    with contextlib.suppress(BundlesUnsupported):  # then as a plain request
+                        answer = await pool.invoke(item, self.timeout_s)
+                if answer is None:
+                    answer = await self._post(pool, content_type, headers, body)
             except UpstreamError:
                 tried = upstream  # the replica is gone or going: one more try elsewhere
                 continue
@@ -297,15 +282,37 @@ class Gateway:
                 ) from exc
             finally:
                 upstream.outstanding -= 1
-            if status >= 300:
+            if answer.status >= 300:
                 raise GatewayError(
-                    424, sm.MODEL_ERROR, sm.model_error_body(variant.name, status, out_body)
+                    424,
+                    sm.MODEL_ERROR,
+                    sm.model_error_body(variant.name, answer.status, answer.body),
                 )
-            out = [(b"content-type", out_type or _JSON), (sm.H_INVOKED_VARIANT, variant.name_bytes)]
-            if attrs is not None:
-                out.append((sm.H_CUSTOM_ATTRIBUTES, attrs))
-            return status, out, out_body
+            out = [
+                (b"content-type", answer.content_type or _JSON),
+                (sm.H_INVOKED_VARIANT, variant.name_bytes),
+            ]
+            if answer.attrs:
+                out.append((sm.H_CUSTOM_ATTRIBUTES, answer.attrs))
+            return answer.status, out, answer.body
         return None
+
+    async def _post(
+        self, pool: Pool, content_type: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> bundle.ItemAnswer:
+        """One plain ``POST /invocations``, its answer in the shape a bundle's would have."""
+        lines = [b"Content-Type: ", content_type, b"\r\n"]
+        for key in _FORWARDED:
+            value = headers.get(key)
+            if value is not None:
+                lines += (key, b": ", value, b"\r\n")
+        resp = await pool.post(b"".join(lines), body, self.timeout_s)
+        return bundle.ItemAnswer(
+            resp.status,
+            resp.header(b"content-type") or b"",
+            resp.header(sm.H_CUSTOM_ATTRIBUTES) or b"",
+            resp.body,
+        )
 
 
 def _error_headers(error_type: str) -> Headers:

@@ -53,6 +53,11 @@ class UpstreamDisconnected(UpstreamError):
         self.answered = answered
 
 
+class BundlesUnsupported(UpstreamError):
+    """The replica does not take ``POST /bundle`` (say, a model server of an older version that
+    was re-adopted after an upgrade): send it plain requests."""
+
+
 class Response:
     __slots__ = ("body", "headers", "status")
 
@@ -176,6 +181,8 @@ class Pool:
         self._waiting: list[tuple[bytes, asyncio.Future[bundle.ItemAnswer]]] = []
         self._bundles_in_flight = 0
         self._flush_scheduled = False
+        #: False once the replica answered a bundle with 404 or 405.
+        self.takes_bundles = True
 
     def forget(self, conn: _Connection) -> None:
         with contextlib.suppress(ValueError):  # not idle: in use, or already gone
@@ -247,6 +254,8 @@ class Pool:
         together (no delay is added); while ``MAX_BUNDLES_IN_FLIGHT`` bundles are out, new ones
         wait for the next."""
         loop = asyncio.get_running_loop()
+        if not self.takes_bundles:
+            raise BundlesUnsupported(f"{self.address} does not take bundles")
         future: asyncio.Future[bundle.ItemAnswer] = loop.create_future()
         self._waiting.append((item, future))
         if not self._flush_scheduled and self._bundles_in_flight < MAX_BUNDLES_IN_FLIGHT:
@@ -273,6 +282,9 @@ class Pool:
             body = b"".join(item for item, _ in items)
             try:
                 response = await self.post(_BUNDLE_HEADERS, body, timeout_s, _BUNDLE_PATH)
+                if response.status in (404, 405):
+                    self.takes_bundles = False
+                    raise BundlesUnsupported(f"{self.address} does not take bundles")
                 if response.status != 200:
                     raise UpstreamDisconnected(
                         f"the replica refused a bundle ({response.status}): "
