@@ -6,14 +6,17 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import numpy as np
 import pytest
 import yaml
 from botocore.config import Config
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ServerProcess, make_sklearn_model, write_yaml
 
@@ -49,7 +52,16 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             {
                 "kind": "Endpoint",
                 "name": "churn",
-                "spec": {"variants": [{"name": "primary", "model": "churn", "instance_count": 1}]},
+                "spec": {
+                    "variants": [
+                        {
+                            "name": "primary",
+                            "model": "churn",
+                            "instance_count": 1,
+                            "batching": {"max_batch_size": 8, "max_delay_ms": 1},
+                        }
+                    ]
+                },
             },
         ],
     )
@@ -81,6 +93,7 @@ def test_get_and_describe(deployed: dict[str, Any]) -> None:
     assert as_yaml["status"] == "InService" and as_yaml["variants"][0]["model"] == "churn"
     text = cli(state, "describe", "endpoint", "churn").stdout
     assert "Status:     InService" in text and "Events:" in text
+    assert "batching up to 8 rows within 1 ms" in text
     models = cli(state, "get", "models")
     assert "sklearn" in models.stdout
 
@@ -176,6 +189,38 @@ def test_boto3_invoke_endpoint(deployed: dict[str, Any]) -> None:
     assert "expected 4 features" in str(exc.value)
     with pytest.raises(runtime.exceptions.ValidationError):
         runtime.invoke_endpoint(EndpointName="missing", Body=b"1,2", ContentType="text/csv")
+
+
+def test_concurrent_invocations_are_batched_and_each_gets_its_own_answer(
+    deployed: dict[str, Any],
+) -> None:
+    server = deployed["server"]
+    token = (server.state_dir / "invoke-token").read_text().strip()
+    url = f"{server.gateway_url}/endpoints/churn/invocations"
+    rows = np.random.default_rng(0).normal(size=(24, 4))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def invoke(row: np.ndarray) -> Any:
+        body = json.dumps({"instances": [row.tolist()]})
+        with httpx.Client(trust_env=False, timeout=30) as http:
+            resp = http.post(url, content=body, headers=headers)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["predictions"]
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(invoke, rows))
+    np.testing.assert_allclose(np.vstack(answers), deployed["model"].predict_proba(rows))
+    # Every row went through a model call of at most 8 rows, as the replica's metrics show.
+    (replica,) = server.client.describe_endpoint("churn")["variants"][0]["replicas"]
+    metrics = httpx.get(f"{replica['address']}/metrics", trust_env=False).text
+    samples = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    }
+    calls = samples[("modelyard_replica_batch_size_count", None)]
+    assert samples[("modelyard_replica_batch_size_bucket", "8.0")] == calls
+    assert samples[("modelyard_replica_batch_size_sum", None)] >= len(rows)
 
 
 def test_delete_with_the_cli(deployed: dict[str, Any]) -> None:

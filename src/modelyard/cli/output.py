@@ -99,9 +99,16 @@ def describe_endpoint(view: dict[str, Any]) -> None:
     )
     out.print("  Variants:")
     for v in view["variants"]:
+        batching = v.get("batching")
+        batches = (
+            f", batching up to {batching['max_batch_size']} rows within "
+            f"{batching['max_delay_ms']:g} ms"
+            if batching
+            else ""
+        )
         out.print(
             f"    {v['name']}: model {v['model']}, {v['instance_count']} instance(s), "
-            f"weight {v['weight']:g}, invocations {v['invocations']}",
+            f"weight {v['weight']:g}{batches}, invocations {v['invocations']}",
             markup=False,
         )
         for r in v["replicas"]:
