@@ -138,15 +138,21 @@ class Supervisor:
         return 0
 
     def _stop_children(self) -> None:
-        # Gateway first (no new requests), then the control plane, which drains the replicas.
-        for child in reversed(self.children):
-            if child.proc is not None and child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
+        # The gateway workers first, all at once (no new requests anywhere), then the control
+        # plane, which drains the replicas.
+        gateways = [c for c in self.children if c.module == "modelyard.dataplane.main"]
+        others = [c for c in self.children if c not in gateways]
+        for group in (gateways, list(reversed(others))):
+            live = [c.proc for c in group if c.proc is not None and c.proc.poll() is None]
+            for proc in live:
+                proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.settings.stop_grace_s + 10
+            for proc in live:
                 try:
-                    child.proc.wait(timeout=self.settings.stop_grace_s + 10)
+                    proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
                 except subprocess.TimeoutExpired:
-                    child.proc.kill()
-                    child.proc.wait()
+                    proc.kill()
+                    proc.wait()
 
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
-from tests.support import serving
+from tests.support import N_FEATURES, make_onnx_model, serving
 
 from modelyard.dataplane.batching import Batcher
 from modelyard.dataplane.modelserver import ReplicaApp
@@ -361,3 +361,55 @@ def test_a_runtime_that_cannot_batch_serves_unbatched(
             return await client.post("/invocations", json={"instances": [1, 2, 3]})
 
     assert run(call()).json() == {"predictions": [3]}
+
+
+def test_an_input_of_no_rows_gets_a_call_of_its_own(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from modelyard.runtimes.onnx import OnnxRuntime
+
+    path = tmp_path / "linear.onnx"
+    make_onnx_model(path)
+    runtime = OnnxRuntime(ModelSpec(runtime="onnx", artifact=str(path)))
+    runtime.load(path)
+    sizes: list[int] = []
+
+    async def scenario() -> Any:
+        batcher = Batcher(runtime, max_batch_size=8, max_delay_ms=0, observe=sizes.append)
+        try:
+            return await asyncio.wait_for(batcher.predict(np.zeros((0, N_FEATURES))), 10)
+        finally:
+            await batcher.close()
+
+    out = run(scenario())
+    assert out.shape == (0, 2)  # the model's own answer for no rows
+    assert sizes == []  # not a shared call
+
+
+def test_a_split_request_whose_outputs_cannot_be_joined_fails_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "ragged.py").write_text(
+        "import numpy as np\n"
+        "class Predictor:\n"
+        "    can_batch = True\n"
+        "    def load(self, d): pass\n"
+        "    def predict(self, rows):\n"
+        "        width = max(len(r) for r in rows)  # pads each call to its longest row\n"
+        "        return np.zeros((len(rows), width))\n"
+    )
+    runtime = PythonRuntime(
+        ModelSpec(runtime="python", artifact=str(tmp_path), predictor="ragged:Predictor")
+    )
+    runtime.load(tmp_path)
+
+    async def scenario() -> Any:
+        batcher = Batcher(runtime, max_batch_size=2, max_delay_ms=0)
+        try:
+            rows = [[1], [1, 2], [1, 2, 3], [1]]  # split into calls of widths 2 and 3
+            return await asyncio.wait_for(batcher.predict(rows), 10)
+        finally:
+            await batcher.close()
+
+    with pytest.raises(ModelInvocationError, match="cannot be joined"):
+        run(scenario())

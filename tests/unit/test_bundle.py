@@ -15,7 +15,7 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 from tests.support import serving
 
-from modelyard.dataplane import bundle
+from modelyard.dataplane import bundle, codecs
 from modelyard.dataplane.gateway import Gateway
 from modelyard.dataplane.http import Answer, HttpServer, Request
 from modelyard.dataplane.modelserver import ReplicaApp
@@ -220,27 +220,9 @@ def test_a_replica_that_does_not_take_bundles_gets_plain_requests(tmp_path: Path
     async def scenario() -> list[Answer]:
         server = HttpServer(old_replica)
         (address,) = await server.listen(host="127.0.0.1", port=0)
-        gateway = Gateway(
-            control_url="http://127.0.0.1:9",
-            token="t",
-            invoke_token=None,
-            routes_file=tmp_path / "routes.json",
-            max_payload_bytes=1024,
-            timeout_s=5,
-            sync_interval_s=60,
-        )
-        table = {
-            "e": {
-                "revision": 1,
-                "variants": [{"name": "v", "weight": 1, "bundles": True, "replicas": [address]}],
-            }
-        }
-        gateway.routes = build_routes(table, {})
-        request = Request(
-            "POST", "/endpoints/e/invocations", b"", {b"content-type": b"application/json"}, b"[1]"
-        )
+        gateway = _gateway(tmp_path, [address])
         try:
-            return [await gateway(request) for _ in range(2)]
+            return [await gateway(_invocation()) for _ in range(2)]
         finally:
             gateway.upstreams.close()
             await server.shutdown(grace_s=2)
@@ -249,3 +231,108 @@ def test_a_replica_that_does_not_take_bundles_gets_plain_requests(tmp_path: Path
     assert [status for status, _, _ in answers] == [200, 200]
     assert answers[0][2] == b'{"predictions": [1]}'
     assert seen == ["/bundle", "/invocations", "/invocations"]
+
+
+@pytest.mark.parametrize("batching", [None, {"max_batch_size": 16, "max_delay_ms": 1}])
+def test_an_item_that_breaks_the_replica_fails_alone(
+    sklearn_runtime: SklearnRuntime,
+    batching: dict[str, Any] | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_decode = codecs.decode
+
+    def decode(body: bytes, content_type: str | None, *, to_array: bool) -> Any:
+        if body == b"defect":  # stands in for a bug or a library failing on odd input
+            raise RuntimeError("an unexpected failure")
+        return real_decode(body, content_type, to_array=to_array)
+
+    monkeypatch.setattr(codecs, "decode", decode)
+    items = [
+        bundle.encode_item(b"application/json", b"", b"", rows(0)),
+        bundle.encode_item(b"application/json", b"", b"", b"defect"),
+        bundle.encode_item(b"application/json", b"", b"", rows(1)),
+    ]
+
+    async def scenario() -> Any:
+        async with serving(ReplicaApp(sklearn_runtime, batching)) as client:
+            return await client.post("/bundle", content=b"".join(items))
+
+    response = run(scenario())
+    assert response.status_code == 200
+    answers = bundle.decode_answers(response.content)
+    assert [a.status for a in answers] == [200, 500, 200]
+    assert b"an unexpected failure" in answers[1].body
+
+
+def test_a_bundle_the_replica_answers_as_a_whole_is_not_retried(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    async def failing_replica(request: Request) -> Answer:
+        seen.append(request.path)
+        return 500, [(b"content-type", b"application/json")], b'{"error": {"message": "boom"}}'
+
+    async def scenario() -> Answer:
+        server = HttpServer(failing_replica)
+        (address,) = await server.listen(host="127.0.0.1", port=0)
+        gateway = _gateway(tmp_path, [address])
+        try:
+            return await gateway(_invocation())
+        finally:
+            gateway.upstreams.close()
+            await server.shutdown(grace_s=2)
+
+    status, _, body = run(scenario())
+    assert status == 424  # the replica's answer, as for a plain request: a ModelError
+    assert b"boom" in body
+    assert seen == ["/bundle"]  # answered, so not sent again
+
+
+def _gateway(tmp_path: Path, replicas: list[str]) -> Gateway:
+    gateway = Gateway(
+        control_url="http://127.0.0.1:9",
+        token="t",
+        invoke_token=None,
+        routes_file=tmp_path / "routes.json",
+        max_payload_bytes=1024,
+        timeout_s=5,
+        sync_interval_s=60,
+    )
+    variant = {"name": "v", "weight": 1, "bundles": True, "replicas": replicas}
+    gateway.routes = build_routes({"e": {"revision": 1, "variants": [variant]}}, {})
+    return gateway
+
+
+def _invocation() -> Request:
+    headers = {b"content-type": b"application/json"}
+    return Request("POST", "/endpoints/e/invocations", b"", headers, b"[1]")
+
+
+def test_a_python_predictors_bundled_items_run_side_by_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A predictor may wait on I/O: bundled items must not queue behind each other. Each
+    call waits at a barrier for the other; run one after the other, both would break it."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "meet.py").write_text(
+        "import threading\n"
+        "class Predictor:\n"
+        "    def load(self, d): self.barrier = threading.Barrier(2, timeout=10)\n"
+        "    def predict(self, inputs):\n"
+        "        self.barrier.wait()\n"
+        "        return inputs\n"
+    )
+    runtime = PythonRuntime(
+        ModelSpec(runtime="python", artifact=str(tmp_path), predictor="meet:Predictor")
+    )
+    runtime.load(tmp_path)
+    items = [
+        bundle.encode_item(b"application/json", b"", b"", json.dumps(w).encode())
+        for w in ("a", "b")
+    ]
+
+    async def scenario() -> Any:
+        async with serving(ReplicaApp(runtime)) as client:
+            return await client.post("/bundle", content=b"".join(items))
+
+    answers = bundle.decode_answers(run(scenario()).content)
+    assert [a.status for a in answers] == [200, 200]

@@ -182,3 +182,12 @@ def test_outputs_a_type_cannot_carry_are_refused_with_a_hint() -> None:
         codecs.encode(np.array([{"a": 1}], dtype=object), "application/x-npy")
     with pytest.raises(UnsupportedMediaError, match="2 dimensions"):
         codecs.encode(np.zeros((2, 2, 2)), "text/csv")
+
+
+def test_npy_header_declaring_a_huge_array_is_invalid_input() -> None:
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        head, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)}
+    )
+    with pytest.raises(InvalidInputError, match="too large"):
+        codecs.decode(head.getvalue() + b"\0" * 16, "application/x-npy", to_array=True)

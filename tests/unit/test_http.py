@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 
 from modelyard.dataplane.http import Answer, HttpServer, Request
 
@@ -250,3 +251,71 @@ def test_shutdown_lets_a_request_in_progress_finish_and_refuses_new_connections(
     assert status == 200
     assert headers[b"connection"] == b"close"
     assert refused
+
+
+def test_a_refused_request_pipelined_behind_another_is_answered_after_it() -> None:
+    async def scenario() -> list[tuple[int, bytes]]:
+        async with started(max_body=10) as (_, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            # A slow valid request, then one whose body is over the limit: the first still
+            # gets its own answer, then the refusal, then the connection closes.
+            writer.write(
+                b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n0.2"
+                b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n\r\n"
+            )
+            answers = []
+            for _ in range(2):
+                status, _, body = await read_response(reader)
+                answers.append((status, body))
+            rest = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return [*answers, (0, rest)]
+
+    assert run(scenario()) == [
+        (200, b"POST /slow? 0.2"),
+        (413, b"request body larger than the limit of 10 bytes"),
+        (0, b""),
+    ]
+
+
+@pytest.mark.parametrize("ending", [b"\r\n\r\n", b""], ids=["whole", "never-ending"])
+def test_a_request_head_over_the_limit_gets_431(ending: bytes) -> None:
+    async def scenario() -> int:
+        async with started(max_head=1024) as (_, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + ending)
+            status, _, _ = await read_response(reader)
+            writer.close()
+            return status
+
+    assert run(scenario()) == 431
+
+
+def test_a_request_that_stops_arriving_half_way_is_closed_after_the_idle_timeout() -> None:
+    async def scenario() -> bytes:
+        async with started(keepalive_s=0.2) as (_, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
+            rest = await asyncio.wait_for(reader.read(), 5)  # EOF: the server gave up on it
+            writer.close()
+            return rest
+
+    assert run(scenario()) == b""
+
+
+def test_a_handler_that_raises_gets_the_server_error_answer() -> None:
+    async def broken(request: Request) -> Answer:
+        raise RuntimeError("a defect")
+
+    async def scenario() -> httpx.Response:
+        server = HttpServer(broken)
+        (address,) = await server.listen(host="127.0.0.1", port=0)
+        try:
+            async with httpx.AsyncClient(trust_env=False) as client:
+                return await client.get(f"{address}/")
+        finally:
+            await server.shutdown(grace_s=1)
+
+    response = run(scenario())
+    assert response.status_code == 500
+    assert response.text == "internal server error"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,48 @@ def test_pools_of_replicas_no_longer_routed_are_closed() -> None:
 
     run(scenario())
     assert replica.connections == 2
+
+
+def test_an_answer_that_ends_with_the_connection_is_complete() -> None:
+    # HTTP/1.0-style: no Content-Length, the body runs until the replica closes.
+    replica = Replica(
+        lambda head, body: b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n" + body
+    )
+
+    async def scenario() -> Any:
+        async with serving(replica) as address:
+            pool = Pool(address)
+            first = await pool.post(b"", b"until close", 5)
+            second = await pool.post(b"", b"again", 5)  # on a new connection
+            pool.close()
+            return first, second
+
+    first, second = run(scenario())
+    assert (first.status, first.body) == (200, b"until close")
+    assert second.body == b"again"
+    assert replica.connections == 2
+
+
+def test_connecting_to_a_replica_that_accepts_nothing_times_out() -> None:
+    async def scenario() -> None:
+        # A listener that never accepts, its backlog filled: new connections hang in SYN.
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(8):
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+                fillers.append(filler)
+            await asyncio.wait_for(Pool(f"http://127.0.0.1:{port}").post(b"", b"x", 0.5), 10)
+        finally:
+            for filler in fillers:
+                filler.close()
+            listener.close()
+
+    with pytest.raises(UpstreamConnectError, match="timed out"):
+        run(scenario())

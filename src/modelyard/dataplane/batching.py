@@ -141,7 +141,7 @@ class Batcher:
         than :meth:`predict` for many requests at once: no task per request."""
         loop = asyncio.get_running_loop()
         rows = self.runtime.batch_rows(inputs)
-        if rows is None:  # not rows the model can take with others: a call of its own
+        if rows is None or len(rows) == 0:  # nothing to share a call with: a call of its own
             return loop.run_in_executor(self._thread, call_model, self.runtime, inputs)
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._gather_forever())
@@ -272,7 +272,16 @@ def _join_into(result: asyncio.Future[Any], gathered: asyncio.Future[list[Any]])
     elif (exc := gathered.exception()) is not None:
         result.set_exception(exc)
     else:
-        result.set_result(_join_outputs(gathered.result()))
+        try:
+            result.set_result(_join_outputs(gathered.result()))
+        except Exception as failure:  # say, calls whose outputs differ in width
+            result.set_exception(
+                ModelInvocationError(
+                    f"the request was split into calls of at most the batch size, and their "
+                    f"outputs cannot be joined ({type(failure).__name__}: {failure}); send at "
+                    "most max_batch_size rows or remove batching from this variant"
+                )
+            )
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -29,6 +29,8 @@ CONTENT_TYPE = b"application/x-modelyard-bundle"
 PATH = "/bundle"
 
 _ITEM = struct.Struct("!IHHH")
+#: The longest content type, Accept or custom attributes an item can carry (longer: send alone).
+MAX_FIELD = 0xFFFF
 _ANSWER = struct.Struct("!HIHH")
 
 

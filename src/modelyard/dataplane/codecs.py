@@ -136,6 +136,8 @@ def _decode_npy(body: bytes, to_array: bool) -> np.ndarray[Any, Any]:
         array: np.ndarray[Any, Any] = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InvalidInputError(f"malformed NPY: {exc}") from exc
+    except MemoryError as exc:  # a header declaring a shape far beyond the bytes sent
+        raise InvalidInputError(f"NPY header declares an array too large to hold: {exc}") from exc
     if to_array and array.dtype.kind not in "biuf":
         raise InvalidInputError(f"NPY inputs must be numeric, got dtype {array.dtype}")
     return array

@@ -177,10 +177,11 @@ class Gateway:
         return _error(404, sm.VALIDATION, f"no route for {path}")
 
     def error(self, status: int, message: str) -> Answer:
-        """The HTTP server's own answers (malformed request, body too large), SageMaker-style."""
+        """The HTTP server's own answers (malformed request, head or body too large, a defect
+        here), SageMaker-style."""
         if status == 413:
             message = self._too_big
-        return _error(status, sm.VALIDATION, message)
+        return _error(status, sm.VALIDATION if status < 500 else sm.INTERNAL_FAILURE, message)
 
     async def _invoke(self, name: str, request: Request) -> Answer:
         headers = request.headers
@@ -251,12 +252,10 @@ class Gateway:
         content_type = headers.get(b"content-type", _JSON)
         item = b""
         if variant.bundles and len(body) <= _BUNDLE_MAX_BODY:
-            item = bundle.encode_item(
-                content_type,
-                headers.get(b"accept", b""),
-                headers.get(sm.H_CUSTOM_ATTRIBUTES, b""),
-                body,
-            )
+            accept = headers.get(b"accept", b"")
+            attrs = headers.get(sm.H_CUSTOM_ATTRIBUTES, b"")
+            if max(len(content_type), len(accept), len(attrs)) <= bundle.MAX_FIELD:
+                item = bundle.encode_item(content_type, accept, attrs, body)
         tried: Upstream | None = None
         for _attempt in range(2):
             upstream = variant.choose(exclude=tried)

@@ -36,6 +36,8 @@ Handler = Callable[["Request"], Awaitable[Answer]]
 #: Pipelined requests a connection may queue before the server stops reading from it.
 _MAX_PIPELINED = 8
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: How long a refused connection is still read (and dropped) before it is closed.
+_LINGER_S = 2.0
 
 
 class Request:
@@ -91,11 +93,16 @@ class _Protocol(asyncio.Protocol):
         self.headers: dict[bytes, bytes] = {}
         self.chunks: list[bytes] = []
         self.size = 0
-        self.refused = False  # the current request was answered early (too large): skip its body
-        self.pending: deque[tuple[Request, bool]] = deque()
+        self.head_size = 0  # bytes received while a head is incomplete (-1: head complete)
+        self.head_bytes = 0  # size of the current request's line and headers
+        self.refused = False  # the connection's last request was refused: ignore what follows
+        # Requests to answer, in order; an Answer entry is the server's own refusal, the last.
+        self.pending: deque[tuple[Request | Answer, bool]] = deque()
         self.task: asyncio.Task[None] | None = None
         self.closing = False
-        self.paused = False
+        self.reading_paused = False
+        self.can_write = asyncio.Event()
+        self.can_write.set()
         self.idle_timer: asyncio.TimerHandle | None = None
 
     # connection -----------------------------------------------------------------------------
@@ -108,21 +115,33 @@ class _Protocol(asyncio.Protocol):
         self.closing = True
         self.server.connections.discard(self)
         self.pending.clear()
+        self.can_write.set()
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         # A running handler finishes (a model call is not interrupted); its answer is dropped.
 
+    def pause_writing(self) -> None:
+        self.can_write.clear()  # the client is not reading: answer nothing more until it does
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
     def data_received(self, data: bytes) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        if self.refused:
+            return
+        if self.task is None:  # waiting for a request: any bytes restart the idle clock
+            self._arm_idle_timer()
+        if self.head_size >= 0:
+            self.head_size += len(data)  # reset by on_headers_complete if the head ends here
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._answer_and_close(*self.server.bad_request("protocol upgrades are not supported"))
+            self._refuse(*self.server.bad_request("protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
             if not self.refused:
-                self._answer_and_close(*self.server.bad_request(f"malformed HTTP request: {exc}"))
+                self._refuse(*self.server.bad_request(f"malformed HTTP request: {exc}"))
+        if self.head_size > self.server.max_head and not self.refused:  # a head still going on
+            self._refuse(*self.server.errors(431, "request head too large"))
 
     # httptools callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -130,21 +149,29 @@ class _Protocol(asyncio.Protocol):
         self.headers = {}
         self.chunks = []
         self.size = 0
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.lower()] = value
+        self.head_bytes += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
-        declared = self.headers.get(b"content-length")
-        limit = self.server.max_body
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            self.refused = True
-            self._answer_and_close(*self.server.too_large())
+        self.head_size = -1
+        if self.head_bytes > self.server.max_head:
+            self._refuse(*self.server.errors(431, "request head too large"))
             return
-        if self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport:
+        declared = self.headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.server.max_body:
+            self._refuse(*self.server.too_large())
+            return
+        expects = self.headers.get(b"expect", b"").lower() == b"100-continue"
+        if expects and self.transport and self.task is None and not self.pending:
+            # Only when nothing is being answered: an interim answer must not jump the queue
+            # (a client that gets none sends its body after a short wait anyway).
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -152,42 +179,72 @@ class _Protocol(asyncio.Protocol):
             return
         self.size += len(body)
         if self.size > self.server.max_body:  # chunked, or a Content-Length that lied
-            self.refused = True
-            self._answer_and_close(*self.server.too_large())
+            self._refuse(*self.server.too_large())
             return
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        self.head_size = 0  # the next request's head starts
         if self.refused or self.closing:
             return
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         parsed = httptools.parse_url(self.url) if self.url else None
         path = parsed.path.decode("latin-1") if parsed and parsed.path else "/"
         query = (parsed.query or b"") if parsed else b""
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         request = Request(self.parser.get_method().decode(), path, query, self.headers, body)
-        self.pending.append((request, self.parser.should_keep_alive()))
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._serve())
-        elif len(self.pending) >= _MAX_PIPELINED and self.transport and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
+        self._enqueue(request, self.parser.should_keep_alive())
 
     # answering --------------------------------------------------------------------------------
+    def _enqueue(self, entry: Request | Answer, keep_alive: bool) -> None:
+        self.pending.append((entry, keep_alive))
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._serve())
+        if len(self.pending) >= _MAX_PIPELINED:
+            self._pause_reading()
+
+    def _refuse(self, status: int, headers: Headers, body: bytes) -> None:
+        """Answer with the server's own error once the requests before it are answered, then
+        close: what arrives after a refused request is read and dropped, unparsed."""
+        self.refused = True
+        self._enqueue((status, headers, body), False)
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and not self.reading_paused and not self.closing:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
     async def _serve(self) -> None:
         try:
             while self.pending and not self.closing:
-                request, keep_alive = self.pending.popleft()
-                if self.paused and self.transport and len(self.pending) < _MAX_PIPELINED // 2:
-                    self.paused = False
+                if not self.can_write.is_set():
+                    self._pause_reading()
+                    await self.can_write.wait()
+                    continue
+                entry, keep_alive = self.pending.popleft()
+                if (
+                    self.reading_paused
+                    and not self.refused
+                    and len(self.pending) < _MAX_PIPELINED // 2
+                    and self.transport is not None
+                ):
+                    self.reading_paused = False
                     self.transport.resume_reading()
+                if not isinstance(entry, Request):  # the server's own refusal: the last answer
+                    self._write(*entry, keep_alive=False)
+                    self._linger()
+                    return
                 try:
-                    status, headers, body = await self.server.handler(request)
+                    status, headers, body = await self.server.handler(entry)
                 except Exception:
-                    log.exception("handler failed for %s %s", request.method, request.path)
-                    status, headers, body = 500, [(b"content-type", b"text/plain")], b"internal"
+                    log.exception("handler failed for %s %s", entry.method, entry.path)
+                    status, headers, body = self.server.errors(500, "internal server error")
+                head_only = entry.method == "HEAD"
                 keep_alive = keep_alive and not self.server.stopping
-                self._write(status, headers, body, keep_alive, request.method == "HEAD")
+                self._write(status, headers, body, keep_alive, head_only)
                 if not keep_alive:
                     self._close()
                     return
@@ -213,14 +270,27 @@ class _Protocol(asyncio.Protocol):
             parts.append(body)
         self.transport.write(b"".join(parts))
 
-    def _answer_and_close(self, status: int, headers: Headers, body: bytes) -> None:
-        self._write(status, headers, body, False)
-        self._close()
-
     def _close(self) -> None:
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+    def _linger(self) -> None:
+        """Close after a refusal without losing the answer: closing a socket with unread input
+        resets the connection, and a client still sending its body would not read our answer.
+        So end our side, keep reading (and dropping) for a moment, then close."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        self.closing = True  # nothing more is written
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
 
     def _arm_idle_timer(self) -> None:
         if self.closing:
@@ -228,10 +298,15 @@ class _Protocol(asyncio.Protocol):
         if self.server.stopping:
             self._close()
             return
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
         loop = asyncio.get_running_loop()
         self.idle_timer = loop.call_later(self.server.keepalive_s, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
+        # Nothing being answered, and no byte for keepalive_s: an idle keep-alive connection,
+        # or a request that stopped arriving half-way.
+        self.idle_timer = None
         if self.task is None and not self.pending:
             self._close()
 
@@ -252,13 +327,18 @@ class HttpServer:
         handler: Handler,
         *,
         max_body: int = 2**62,
+        max_head: int = 64 * 1024,
         errors: Callable[[int, str], Answer] | None = None,
         keepalive_s: float = 75.0,
     ) -> None:
         """``errors(status, message)`` writes the server's own answers (400 for a malformed
-        request, 413 for a body over ``max_body``) in the caller's error format."""
+        request, 413 for a body over ``max_body``, 431 for a request line and headers over
+        ``max_head`` bytes, 500 when the handler raised) in the caller's error format.
+        ``keepalive_s`` is how long a connection may send nothing while no request of it is
+        being answered (an idle keep-alive connection, or a request stalled half-way)."""
         self.handler = handler
         self.max_body = max_body
+        self.max_head = max_head
         self.errors = errors or _plain_error
         self.keepalive_s = keepalive_s
         self.connections: set[_Protocol] = set()

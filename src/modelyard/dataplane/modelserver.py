@@ -139,11 +139,17 @@ class ReplicaApp:
             return _error(exc.http_status, exc.code, exc.message)
         parts = [(i.content_type or None, i.accept or None, i.body) for i in items]
         answers: list[tuple[int, bytes, bytes]]
+        loop = asyncio.get_running_loop()
         if self.batcher is not None:  # each joins the batcher: one model call for many
             answers = await self._answer_batched(parts)
-        else:  # one trip to a worker thread for the lot, answered one after the other
-            loop = asyncio.get_running_loop()
+        elif self.runtime.cpu_bound:
+            # One trip to a worker thread for the lot, answered one after the other: they would
+            # only take turns holding the GIL in parallel threads (the gateway bundles only small
+            # bodies, so none waits long behind another).
             answers = await loop.run_in_executor(None, self._answer_all, parts)
+        else:  # a predictor may wait on I/O: each gets a worker thread, as if it came alone
+            jobs = [loop.run_in_executor(None, self._answer_sync, *part) for part in parts]
+            answers = list(await asyncio.gather(*jobs))
         body = b"".join(
             bundle.encode_answer(status, content_type, item.attrs, payload)
             for item, (status, content_type, payload) in zip(items, answers, strict=True)
@@ -171,6 +177,8 @@ class ReplicaApp:
             payload = _encode(await self.batcher.predict(inputs), media)
         except ModelyardError as exc:
             return self._failed(exc)
+        except Exception as exc:  # a defect, or an input that broke a library: this one fails
+            return self._crashed(exc)
         self._ok.inc()
         return 200, _MEDIA_BYTES[media], payload
 
@@ -189,6 +197,8 @@ class ReplicaApp:
                 pending.append((index, media, self.batcher.submit(inputs)))
             except ModelyardError as exc:
                 answers[index] = self._failed(exc)
+            except Exception as exc:  # one item's trouble is its own answer, not the bundle's
+                answers[index] = self._crashed(exc)
         if pending:
             await asyncio.wait([future for _, _, future in pending])
         for index, media, future in pending:
@@ -196,6 +206,9 @@ class ReplicaApp:
                 payload = _encode(future.result(), media)
             except ModelyardError as exc:
                 answers[index] = self._failed(exc)
+                continue
+            except Exception as exc:
+                answers[index] = self._crashed(exc)
                 continue
             self._ok.inc()
             answers[index] = (200, _MEDIA_BYTES[media], payload)
@@ -219,12 +232,20 @@ class ReplicaApp:
             payload = _encode(outputs, media)
         except ModelyardError as exc:
             return self._failed(exc)
+        except Exception as exc:  # a defect, or an input that broke a library: this one fails
+            return self._crashed(exc)
         self._ok.inc()
         return 200, _MEDIA_BYTES[media], payload
 
     def _failed(self, exc: ModelyardError) -> tuple[int, bytes, bytes]:
         (self._client_error if exc.http_status < 500 else self._server_error).inc()
         return exc.http_status, _JSON, _error_body(exc.code, exc.message)
+
+    def _crashed(self, exc: Exception) -> tuple[int, bytes, bytes]:
+        _say(f"invocation failed unexpectedly: {type(exc).__name__}: {exc}")
+        self._server_error.inc()
+        message = f"the replica failed: {type(exc).__name__}: {exc}"
+        return 500, _JSON, _error_body("internal_error", message)
 
 
 def _encode(outputs: Any, media: str) -> bytes:
@@ -250,6 +271,14 @@ def _error_body(code: str, message: str) -> bytes:
 
 def _error(status: int, code: str, message: str, extra: Headers = ()) -> Answer:
     return status, [*_JSON_HEADERS, *extra], _error_body(code, message)
+
+
+_SERVER_ERROR_CODES = {400: "invalid_request", 413: "payload_too_large", 431: "head_too_large"}
+
+
+def _server_error(status: int, message: str) -> Answer:
+    """The HTTP server's own answers, in the replica's error shape."""
+    return _error(status, _SERVER_ERROR_CODES.get(status, "internal_error"), message)
 
 
 def _not_allowed(allow: bytes) -> Answer:
@@ -335,7 +364,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 async def _serve(app: ReplicaApp, args: argparse.Namespace) -> bool:
     """Serve until SIGTERM; False when the address cannot be served (say, the port is taken)."""
-    server = HttpServer(app, keepalive_s=75)  # longer than the gateway keeps an idle connection
+    # Idle connections live longer than the gateway keeps them, so it is the side that closes.
+    server = HttpServer(app, keepalive_s=75, errors=_server_error)
     try:
         if args.uds:
             with contextlib.suppress(FileNotFoundError):

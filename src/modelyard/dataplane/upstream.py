@@ -85,6 +85,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.answered = False
+        self.head_done = False
         self.closed = False
         self.keep_alive = True
         self.idle_since = 0.0
@@ -111,9 +112,17 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        if self.waiter is not None and self.head_done and self._ends_at_close():
+            self.keep_alive = False
+            self._complete()  # an answer without a length ends where the connection does
+            return
         self._fail(
             UpstreamDisconnected("the replica closed the connection", answered=self.answered)
         )
+
+    def _ends_at_close(self) -> bool:
+        names = {name for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
 
     # httptools callbacks --------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -122,13 +131,19 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
 
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
+        self._complete()
+
+    def _complete(self) -> None:
         waiter, self.waiter = self.waiter, None
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         response = Response(self.parser.get_status_code(), self.headers, body)
-        self.headers, self.chunks = [], []
+        self.headers, self.chunks, self.head_done = [], [], False
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
 
@@ -188,7 +203,14 @@ class Pool:
         with contextlib.suppress(ValueError):  # not idle: in use, or already gone
             self._idle.remove(conn)
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, deadline: float) -> _Connection:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._open()
+        except TimeoutError as exc:  # a replica that accepts nothing (say, a full backlog)
+            raise UpstreamConnectError(f"cannot connect to {self.address}: timed out") from exc
+
+    async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             if self._unix is not None:
@@ -229,14 +251,14 @@ class Pool:
         conn = self._take_idle(loop.time())
         reused = conn is not None
         if conn is None:
-            conn = await self._connect()
+            conn = await self._connect(deadline)
         while True:
             try:
                 response = await conn.send(head, body, max(deadline - loop.time(), 0.001))
             except UpstreamDisconnected as exc:
                 if reused and not exc.answered:  # the replica had closed it while it sat idle
                     reused = False
-                    conn = await self._connect()
+                    conn = await self._connect(deadline)
                     continue
                 raise
             break
@@ -286,12 +308,17 @@ class Pool:
                     self.takes_bundles = False
                     raise BundlesUnsupported(f"{self.address} does not take bundles")
                 if response.status != 200:
-                    raise UpstreamDisconnected(
-                        f"the replica refused a bundle ({response.status}): "
-                        f"{response.body[:200].decode('utf-8', 'replace')}",
-                        True,
+                    # The replica answered, just not item by item: that answer is each item's
+                    # (a plain request answered so would get the same); nothing to retry.
+                    same = bundle.ItemAnswer(
+                        response.status,
+                        response.header(b"content-type") or b"",
+                        b"",
+                        response.body,
                     )
-                answers = bundle.decode_answers(response.body)
+                    answers = [same] * len(items)
+                else:
+                    answers = bundle.decode_answers(response.body)
                 if len(answers) != len(items):
                     raise UpstreamDisconnected(
                         f"the replica answered {len(answers)} of {len(items)} bundled requests",

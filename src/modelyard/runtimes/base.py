@@ -24,6 +24,9 @@ class Runtime(ABC):
     can_batch: bool = False
     #: True: JSON inputs arrive as a numeric numpy array; False: as the decoded JSON value.
     array_inputs: bool = True
+    #: True when ``predict`` only computes (no I/O): the replica may then answer several
+    #: requests one after the other in one worker thread instead of one thread each.
+    cpu_bound: bool = True
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

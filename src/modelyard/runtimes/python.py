@@ -27,6 +27,8 @@ class PythonRuntime(Runtime):
     name = "python"
     #: The model server hands this runtime JSON values as decoded, not numpy arrays.
     array_inputs = False
+    #: A user's predictor may wait on I/O (a feature store, another service).
+    cpu_bound = False
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
