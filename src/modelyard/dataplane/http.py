@@ -104,6 +104,8 @@ class _Protocol(asyncio.Protocol):
         self.can_write = asyncio.Event()
         self.can_write.set()
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+        self.last_activity = self.loop.time()
 
     # connection -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,8 +131,7 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
-        if self.task is None:  # waiting for a request: any bytes restart the idle clock
-            self._arm_idle_timer()
+        self.last_activity = self.loop.time()  # the idle timer reads it when it fires
         if self.head_size >= 0:
             self.head_size += len(data)  # reset by on_headers_complete if the head ends here
         try:
@@ -187,9 +188,6 @@ class _Protocol(asyncio.Protocol):
         self.head_size = 0  # the next request's head starts
         if self.refused or self.closing:
             return
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
         parsed = httptools.parse_url(self.url) if self.url else None
         path = parsed.path.decode("latin-1") if parsed and parsed.path else "/"
         query = (parsed.query or b"") if parsed else b""
@@ -293,21 +291,28 @@ class _Protocol(asyncio.Protocol):
         asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
 
     def _arm_idle_timer(self) -> None:
+        """Start the idle clock now (one timer per connection, re-armed when it fires, not per
+        request: it checks the time of the last byte)."""
         if self.closing:
             return
         if self.server.stopping:
             self._close()
             return
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        loop = asyncio.get_running_loop()
-        self.idle_timer = loop.call_later(self.server.keepalive_s, self._idle_timeout)
+        self.last_activity = self.loop.time()
+        if self.idle_timer is None:
+            self.idle_timer = self.loop.call_later(self.server.keepalive_s, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
         # Nothing being answered, and no byte for keepalive_s: an idle keep-alive connection,
-        # or a request that stopped arriving half-way.
+        # or a request that stopped arriving half-way. (A request being answered re-arms the
+        # clock when it is done.)
         self.idle_timer = None
-        if self.task is None and not self.pending:
+        if self.closing or self.task is not None or self.pending:
+            return
+        remaining = self.last_activity + self.server.keepalive_s - self.loop.time()
+        if remaining > 0:
+            self.idle_timer = self.loop.call_later(remaining, self._idle_timeout)
+        else:
             self._close()
 
     def close_if_idle(self) -> None:
