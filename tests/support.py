@@ -21,6 +21,8 @@ import yaml
 
 from modelyard.client import Client
 from modelyard.dataplane.http import Handler, HttpServer
+from modelyard.runtimes.python import PythonRuntime
+from modelyard.spec import ModelSpec
 
 T = TypeVar("T")
 N_FEATURES = 4
@@ -251,3 +253,18 @@ async def serving(handler: Handler, **options: Any) -> AsyncIterator[httpx.Async
             yield client
     finally:
         await server.shutdown(grace_s=5)
+
+
+def load_python_predictor(
+    folder: Path, monkeypatch: Any, module: str, source: str
+) -> PythonRuntime:
+    """A loaded python runtime for ``module.py`` holding ``source`` with a ``Predictor`` class.
+    ``monkeypatch`` (pytest's) restores ``sys.path`` and forgets the module afterwards."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    (folder / f"{module}.py").write_text(source)
+    runtime = PythonRuntime(
+        ModelSpec(runtime="python", artifact=str(folder), predictor=f"{module}:Predictor")
+    )
+    runtime.load(folder)
+    return runtime

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
-from tests.support import N_FEATURES, make_onnx_model, serving
+from tests.support import N_FEATURES, load_python_predictor, make_onnx_model, serving
 
 from modelyard.dataplane.batching import Batcher
 from modelyard.dataplane.modelserver import ReplicaApp
@@ -68,13 +67,7 @@ def sklearn_runtime(tmp_path: Path) -> SklearnRuntime:
 
 @pytest.fixture
 def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PythonRuntime]:
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    (tmp_path / "recorder.py").write_text(RECORDING_PREDICTOR)
-    monkeypatch.delitem(sys.modules, "recorder", raising=False)
-    runtime = PythonRuntime(
-        ModelSpec(runtime="python", artifact=str(tmp_path), predictor="recorder:Predictor")
-    )
-    runtime.load(tmp_path)
+    runtime = load_python_predictor(tmp_path, monkeypatch, "recorder", RECORDING_PREDICTOR)
     assert runtime.can_batch
     yield runtime
     runtime.predictor.gate.set()
@@ -342,16 +335,12 @@ def test_the_replica_batches_requests_of_mixed_content_types(
 def test_a_runtime_that_cannot_batch_serves_unbatched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    (tmp_path / "plain.py").write_text(
+    source = (
         "class Predictor:\n"
         "    def load(self, d): pass\n"
         "    def predict(self, inputs): return [len(inputs)]\n"
     )
-    runtime = PythonRuntime(
-        ModelSpec(runtime="python", artifact=str(tmp_path), predictor="plain:Predictor")
-    )
-    runtime.load(tmp_path)
+    runtime = load_python_predictor(tmp_path, monkeypatch, "plain", source)
     app = ReplicaApp(runtime, {"max_batch_size": 8, "max_delay_ms": 1})
     assert app.batcher is None
     assert "batching is off" in capsys.readouterr().err
@@ -388,8 +377,7 @@ def test_an_input_of_no_rows_gets_a_call_of_its_own(tmp_path: Path) -> None:
 def test_a_split_request_whose_outputs_cannot_be_joined_fails_instead_of_hanging(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    (tmp_path / "ragged.py").write_text(
+    source = (
         "import numpy as np\n"
         "class Predictor:\n"
         "    can_batch = True\n"
@@ -398,10 +386,7 @@ def test_a_split_request_whose_outputs_cannot_be_joined_fails_instead_of_hanging
         "        width = max(len(r) for r in rows)  # pads each call to its longest row\n"
         "        return np.zeros((len(rows), width))\n"
     )
-    runtime = PythonRuntime(
-        ModelSpec(runtime="python", artifact=str(tmp_path), predictor="ragged:Predictor")
-    )
-    runtime.load(tmp_path)
+    runtime = load_python_predictor(tmp_path, monkeypatch, "ragged", source)
 
     async def scenario() -> Any:
         batcher = Batcher(runtime, max_batch_size=2, max_delay_ms=0)

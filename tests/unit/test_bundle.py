@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import joblib
 import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
-from tests.support import serving
+from tests.support import load_python_predictor, serving
 
 from modelyard.dataplane import bundle, codecs
 from modelyard.dataplane.gateway import Gateway
@@ -22,7 +22,6 @@ from modelyard.dataplane.modelserver import ReplicaApp
 from modelyard.dataplane.routing import build_routes
 from modelyard.dataplane.upstream import Pool, UpstreamDisconnected
 from modelyard.errors import InvalidInputError
-from modelyard.runtimes.python import PythonRuntime
 from modelyard.runtimes.sklearn import SklearnRuntime
 from modelyard.spec import ModelSpec
 
@@ -42,6 +41,17 @@ def sklearn_runtime(tmp_path: Path) -> SklearnRuntime:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def post_bundle(app: ReplicaApp, items: list[bytes]) -> httpx.Response:
+    """``POST /bundle`` of ``items`` to ``app`` on a real socket."""
+
+    async def scenario() -> httpx.Response:
+        async with serving(app) as client:
+            headers = {"Content-Type": bundle.CONTENT_TYPE.decode()}
+            return await client.post("/bundle", content=b"".join(items), headers=headers)
+
+    return run(scenario())
 
 
 def rows(i: int, n: int = 1) -> bytes:
@@ -93,15 +103,7 @@ def test_the_replica_answers_each_item_as_if_it_came_alone(
         bundle.encode_item(b"application/json", b"", b"", rows(4)),
     ]
 
-    async def scenario() -> Any:
-        async with serving(app) as client:
-            return await client.post(
-                "/bundle",
-                content=b"".join(items),
-                headers={"Content-Type": bundle.CONTENT_TYPE.decode()},
-            )
-
-    response = run(scenario())
+    response = post_bundle(app, items)
     assert response.status_code == 200
     answers = bundle.decode_answers(response.content)
     proba = sklearn_runtime.estimator.predict_proba
@@ -115,11 +117,7 @@ def test_the_replica_answers_each_item_as_if_it_came_alone(
 
 
 def test_a_malformed_bundle_is_refused_with_400(sklearn_runtime: SklearnRuntime) -> None:
-    async def scenario() -> Any:
-        async with serving(ReplicaApp(sklearn_runtime)) as client:
-            return await client.post("/bundle", content=b"\x00\x00\x00\x09xx")
-
-    response = run(scenario())
+    response = post_bundle(ReplicaApp(sklearn_runtime), [b"\x00\x00\x00\x09xx"])
     assert response.status_code == 400
     assert "bundle" in response.json()["error"]["message"]
 
@@ -183,26 +181,18 @@ def test_every_invocation_of_a_lost_bundle_fails_as_a_disconnect(
 def test_a_python_predictor_gets_bundled_items_one_by_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    (tmp_path / "shout.py").write_text(
+    source = (
         "class Predictor:\n"
         "    def load(self, d): pass\n"
         "    def predict(self, inputs): return inputs.upper()\n"
     )
-    runtime = PythonRuntime(
-        ModelSpec(runtime="python", artifact=str(tmp_path), predictor="shout:Predictor")
-    )
-    runtime.load(tmp_path)
+    runtime = load_python_predictor(tmp_path, monkeypatch, "shout", source)
     items = [
         bundle.encode_item(b"application/json", b"", b"", json.dumps(w).encode())
         for w in ("a", "b")
     ]
 
-    async def scenario() -> Any:
-        async with serving(ReplicaApp(runtime)) as client:
-            return await client.post("/bundle", content=b"".join(items))
-
-    answers = bundle.decode_answers(run(scenario()).content)
+    answers = bundle.decode_answers(post_bundle(ReplicaApp(runtime), items).content)
     assert [json.loads(a.body) for a in answers] == [{"predictions": "A"}, {"predictions": "B"}]
 
 
@@ -253,11 +243,7 @@ def test_an_item_that_breaks_the_replica_fails_alone(
         bundle.encode_item(b"application/json", b"", b"", rows(1)),
     ]
 
-    async def scenario() -> Any:
-        async with serving(ReplicaApp(sklearn_runtime, batching)) as client:
-            return await client.post("/bundle", content=b"".join(items))
-
-    response = run(scenario())
+    response = post_bundle(ReplicaApp(sklearn_runtime, batching), items)
     assert response.status_code == 200
     answers = bundle.decode_answers(response.content)
     assert [a.status for a in answers] == [200, 500, 200]
@@ -312,8 +298,7 @@ def test_a_python_predictors_bundled_items_run_side_by_side(
 ) -> None:
     """A predictor may wait on I/O: bundled items must not queue behind each other. Each
     call waits at a barrier for the other; run one after the other, both would break it."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    (tmp_path / "meet.py").write_text(
+    source = (
         "import threading\n"
         "class Predictor:\n"
         "    def load(self, d): self.barrier = threading.Barrier(2, timeout=10)\n"
@@ -321,18 +306,11 @@ def test_a_python_predictors_bundled_items_run_side_by_side(
         "        self.barrier.wait()\n"
         "        return inputs\n"
     )
-    runtime = PythonRuntime(
-        ModelSpec(runtime="python", artifact=str(tmp_path), predictor="meet:Predictor")
-    )
-    runtime.load(tmp_path)
+    runtime = load_python_predictor(tmp_path, monkeypatch, "meet", source)
     items = [
         bundle.encode_item(b"application/json", b"", b"", json.dumps(w).encode())
         for w in ("a", "b")
     ]
 
-    async def scenario() -> Any:
-        async with serving(ReplicaApp(runtime)) as client:
-            return await client.post("/bundle", content=b"".join(items))
-
-    answers = bundle.decode_answers(run(scenario()).content)
+    answers = bundle.decode_answers(post_bundle(ReplicaApp(runtime), items).content)
     assert [a.status for a in answers] == [200, 200]

@@ -215,9 +215,7 @@ def test_pools_of_replicas_no_longer_routed_are_closed() -> None:
 
 def test_an_answer_that_ends_with_the_connection_is_complete() -> None:
     # HTTP/1.0-style: no Content-Length, the body runs until the replica closes.
-    replica = Replica(
-        lambda head, body: b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n" + body
-    )
+    replica = Replica(lambda head, body: b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n" + body)
 
     async def scenario() -> Any:
         async with serving(replica) as address:

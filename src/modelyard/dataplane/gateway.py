@@ -158,7 +158,12 @@ class Gateway:
             log.warning("could not save the routing table: %s", exc)
 
     def _count(self, endpoint: str, variant: str, status: int) -> None:
-        slot = self.counts.setdefault(endpoint, {}).setdefault(variant, [0, 0, 0])
+        by_variant = self.counts.get(endpoint)
+        if by_variant is None:
+            by_variant = self.counts[endpoint] = {}
+        slot = by_variant.get(variant)
+        if slot is None:  # (setdefault would build a dict and a list on every request)
+            slot = by_variant[variant] = [0, 0, 0]
         slot[0] += 1
         if 400 <= status < 500:
             slot[1] += 1

@@ -28,7 +28,6 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any
@@ -160,27 +159,19 @@ class ReplicaApp:
         self, raw_type: bytes | None, raw_accept: bytes | None, body: bytes
     ) -> tuple[int, bytes, bytes]:
         """``(status, content type, body)`` of one invocation."""
+        loop = asyncio.get_running_loop()
         if self.batcher is None:
-            loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, self._answer_sync, raw_type, raw_accept, body)
-        content_type = raw_type.decode("latin-1") if raw_type is not None else None
         try:
-            # Refuse an unknown Accept before running the model.
-            media = codecs.negotiate(raw_accept.decode("latin-1") if raw_accept else None)
             if len(body) < _DECODE_INLINE_BYTES:
-                inputs = codecs.decode(body, content_type, to_array=self.to_array)
+                media, inputs = self._decode(raw_type, raw_accept, body)
             else:
-                loop = asyncio.get_running_loop()
-                inputs = await loop.run_in_executor(
-                    None, partial(codecs.decode, body, content_type, to_array=self.to_array)
+                media, inputs = await loop.run_in_executor(
+                    None, self._decode, raw_type, raw_accept, body
                 )
-            payload = _encode(await self.batcher.predict(inputs), media)
-        except ModelyardError as exc:
+            return self._answered(media, await self.batcher.predict(inputs))
+        except Exception as exc:
             return self._failed(exc)
-        except Exception as exc:  # a defect, or an input that broke a library: this one fails
-            return self._crashed(exc)
-        self._ok.inc()
-        return 200, _MEDIA_BYTES[media], payload
 
     async def _answer_batched(
         self, parts: list[tuple[bytes | None, bytes | None, bytes]]
@@ -189,29 +180,19 @@ class ReplicaApp:
         assert self.batcher is not None
         answers: list[tuple[int, bytes, bytes] | None] = [None] * len(parts)
         pending: list[tuple[int, str, asyncio.Future[Any]]] = []
-        for index, (raw_type, raw_accept, body) in enumerate(parts):
+        for index, part in enumerate(parts):
             try:
-                media = codecs.negotiate(raw_accept.decode("latin-1") if raw_accept else None)
-                content_type = raw_type.decode("latin-1") if raw_type is not None else None
-                inputs = codecs.decode(body, content_type, to_array=self.to_array)
+                media, inputs = self._decode(*part)
                 pending.append((index, media, self.batcher.submit(inputs)))
-            except ModelyardError as exc:
-                answers[index] = self._failed(exc)
             except Exception as exc:  # one item's trouble is its own answer, not the bundle's
-                answers[index] = self._crashed(exc)
+                answers[index] = self._failed(exc)
         if pending:
             await asyncio.wait([future for _, _, future in pending])
         for index, media, future in pending:
             try:
-                payload = _encode(future.result(), media)
-            except ModelyardError as exc:
-                answers[index] = self._failed(exc)
-                continue
+                answers[index] = self._answered(media, future.result())
             except Exception as exc:
-                answers[index] = self._crashed(exc)
-                continue
-            self._ok.inc()
-            answers[index] = (200, _MEDIA_BYTES[media], payload)
+                answers[index] = self._failed(exc)
         return [answer for answer in answers if answer is not None]
 
     def _answer_all(
@@ -224,24 +205,33 @@ class ReplicaApp:
     ) -> tuple[int, bytes, bytes]:
         """decode → predict → encode, in a worker thread; the model's failures become 424."""
         try:
-            media = codecs.negotiate(raw_accept.decode("latin-1") if raw_accept else None)
-            content_type = raw_type.decode("latin-1") if raw_type is not None else None
-            inputs = codecs.decode(body, content_type, to_array=self.to_array)
+            media, inputs = self._decode(raw_type, raw_accept, body)
             outputs = call_model(self.runtime, inputs)
             self.batch_size.observe(1)
-            payload = _encode(outputs, media)
-        except ModelyardError as exc:
+            return self._answered(media, outputs)
+        except Exception as exc:
             return self._failed(exc)
-        except Exception as exc:  # a defect, or an input that broke a library: this one fails
-            return self._crashed(exc)
+
+    def _decode(
+        self, raw_type: bytes | None, raw_accept: bytes | None, body: bytes
+    ) -> tuple[str, Any]:
+        """``(media type to answer in, inputs)``; an unknown Accept is refused before the model
+        runs."""
+        media = codecs.negotiate(raw_accept.decode("latin-1") if raw_accept else None)
+        content_type = raw_type.decode("latin-1") if raw_type is not None else None
+        return media, codecs.decode(body, content_type, to_array=self.to_array)
+
+    def _answered(self, media: str, outputs: Any) -> tuple[int, bytes, bytes]:
+        payload = _encode(outputs, media)
         self._ok.inc()
         return 200, _MEDIA_BYTES[media], payload
 
-    def _failed(self, exc: ModelyardError) -> tuple[int, bytes, bytes]:
-        (self._client_error if exc.http_status < 500 else self._server_error).inc()
-        return exc.http_status, _JSON, _error_body(exc.code, exc.message)
-
-    def _crashed(self, exc: Exception) -> tuple[int, bytes, bytes]:
+    def _failed(self, exc: Exception) -> tuple[int, bytes, bytes]:
+        """An invocation's error answer: the error's own status for a ModelyardError; 500 for
+        anything else (a defect, or an input that broke a library), which fails only this one."""
+        if isinstance(exc, ModelyardError):
+            (self._client_error if exc.http_status < 500 else self._server_error).inc()
+            return exc.http_status, _JSON, _error_body(exc.code, exc.message)
         _say(f"invocation failed unexpectedly: {type(exc).__name__}: {exc}")
         self._server_error.inc()
         message = f"the replica failed: {type(exc).__name__}: {exc}"
@@ -286,12 +276,6 @@ def _not_allowed(allow: bytes) -> Answer:
 
 
 # -- start-up ------------------------------------------------------------------------------------
-
-
-def read_model_spec(path: Path) -> tuple[str, ModelSpec]:
-    """``(name, spec)`` from a spec file; SpecError when it is not a valid model spec."""
-    name, spec, _ = read_spec_file(path)
-    return name, spec
 
 
 def read_spec_file(path: Path) -> tuple[str, ModelSpec, dict[str, Any] | None]:
