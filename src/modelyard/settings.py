@@ -32,6 +32,12 @@ class ServerSettings:
     max_payload_bytes: int = 25 * 1024 * 1024
     reconcile_interval_s: float = 0.5
     route_sync_interval_s: float = 0.25
+    #: how often the async dispatcher looks for new requests (the gateway's inbox) and free slots
+    async_poll_interval_s: float = 0.1
+    #: serverless endpoints' payload limit
+    serverless_max_payload_bytes: int = 4 * 1024 * 1024
+    #: async endpoints' payload limit (streamed, never held in memory)
+    async_max_payload_bytes: int = 1024 * 1024 * 1024
     drain_delay_s: float = 1.5
     stop_grace_s: float = 30.0
     restart_backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)

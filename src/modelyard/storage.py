@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from modelyard.errors import MissingDependencyError
@@ -35,3 +41,51 @@ def is_local(uri: str) -> bool:
 
 def local_path(uri: str) -> str:
     return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def join(uri: str, name: str) -> str:
+    """``uri/name``: a file under a prefix (a folder, or an object-store prefix)."""
+    return uri.rstrip("/") + "/" + name
+
+
+def open_read(uri: str) -> Any:
+    """A binary file object to read ``uri`` in chunks (never the whole thing at once)."""
+    fs, path = filesystem(uri)
+    return fs.open(path, "rb")
+
+
+@contextmanager
+def atomic_write(uri: str) -> Iterator[Any]:
+    """A binary file object whose content appears at ``uri`` only when the block ends without an
+    error, whole: a local file is written beside its place and renamed over it; an object store
+    publishes an object when its upload completes. Writing the same ``uri`` again replaces it, so
+    a retried write leaves one result."""
+    if is_local(uri):
+        target = Path(local_path(uri))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return
+    fs, path = filesystem(uri)
+    with fs.open(path, "wb") as fh:
+        yield fh
+
+
+def remove(uri: str) -> None:
+    """Delete ``uri`` if it exists."""
+    if is_local(uri):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(local_path(uri))
+        return
+    fs, path = filesystem(uri)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)

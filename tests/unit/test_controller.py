@@ -151,7 +151,7 @@ def test_replicas_that_never_get_ready_keep_the_endpoint_creating(world: World) 
     world.apply(count=1)
     world.tick(3)
     assert world.endpoint().status == "Creating"
-    assert routes(world.store) == {}
+    assert routes(world.store, world.tmp_path) == {}
     (fake,) = world.executor.running()
     fake.ready = True
     world.tick()
@@ -204,7 +204,7 @@ def test_crashed_replica_is_restarted_after_the_backoff(world: World) -> None:
     assert crashed.last_exit_code == 137
     assert crashed.next_start_at == world.clock.now + 2.0
     assert any("exited with status 137; restarting in 2 s" in e for e in world.events())
-    assert routes(world.store)["e"]["variants"][0]["replicas"] == [
+    assert routes(world.store, world.tmp_path)["e"]["variants"][0]["replicas"] == [
         r.address for r in world.replicas() if r.id != victim.id
     ]
 
@@ -259,7 +259,7 @@ def test_weight_update_creates_revision_2_and_promotes_it_without_restarts(world
     assert {r.id for r in world.replicas()} == before
     assert world.states() == [(2, "ready"), (2, "ready")]
     assert len(world.executor.replicas) == 2  # nothing new was started
-    assert routes(world.store)["e"]["variants"][0]["weight"] == 3.0
+    assert routes(world.store, world.tmp_path)["e"]["variants"][0]["weight"] == 3.0
 
 
 def test_model_update_rolls_out_new_replicas_then_retires_the_old(world: World) -> None:
@@ -273,13 +273,13 @@ def test_model_update_rolls_out_new_replicas_then_retires_the_old(world: World) 
 
     world.tick()  # new replicas start; the old ones keep serving
     assert world.states() == [(1, "ready"), (1, "ready"), (2, "starting"), (2, "starting")]
-    assert routes(world.store)["e"]["revision"] == 1
+    assert routes(world.store, world.tmp_path)["e"]["revision"] == 1
 
     world.tick()  # new replicas ready: promote, stop the old ones
     ep = world.endpoint()
     assert (ep.status, ep.active_revision) == ("InService", 2)
     assert world.states() == [(1, "stopping"), (1, "stopping"), (2, "ready"), (2, "ready")]
-    table = routes(world.store)["e"]
+    table = routes(world.store, world.tmp_path)["e"]
     assert table["revision"] == 2
     assert not {f"mem://{rid}" for rid in old} & set(table["variants"][0]["replicas"])
 
@@ -344,7 +344,7 @@ def test_delete_drains_every_replica_then_removes_the_endpoint(world: World) -> 
         repo.add_counts("e", "v", 7, 0, 0, world.clock())
     delete_endpoint(world.store, "e", world.clock())
     assert world.endpoint().status == "Deleting"
-    assert routes(world.store) == {}
+    assert routes(world.store, world.tmp_path) == {}
 
     world.tick()
     assert world.states() == [(1, "stopping"), (1, "stopping")]
@@ -418,14 +418,15 @@ def test_routes_list_only_ready_replicas_of_the_active_revision(world: World) ->
     world.executor.auto_ready = False
     world.apply(count=2)
     world.tick()
-    assert routes(world.store) == {}  # nothing served yet
+    assert routes(world.store, world.tmp_path) == {}  # nothing served yet
 
     first, second = world.executor.running()
     first.ready = second.ready = True
     world.tick()
     (r1, r2) = world.replicas()
-    assert routes(world.store) == {
+    assert routes(world.store, world.tmp_path) == {
         "e": {
+            "type": "realtime",
             "revision": 1,
             "variants": [
                 {
@@ -442,19 +443,19 @@ def test_routes_list_only_ready_replicas_of_the_active_revision(world: World) ->
     world.apply(artifact="model-v2.joblib")
     world.tick()
     assert len(world.replicas()) == 4
-    assert routes(world.store)["e"]["variants"][0]["replicas"] == sorted([r1.address, r2.address])
+    assert routes(world.store, world.tmp_path)["e"]["variants"][0]["replicas"] == sorted([r1.address, r2.address])
 
     # a crashed replica leaves the table
     world.executor.by_id(r1.id).exit_code = 1
     world.tick()
-    assert routes(world.store)["e"]["variants"][0]["replicas"] == [r2.address]
+    assert routes(world.store, world.tmp_path)["e"]["variants"][0]["replicas"] == [r2.address]
 
 
 def test_routes_skip_endpoints_of_other_states(world: World) -> None:
     _serve(world)
     world.apply(endpoint="other")
     world.tick()  # "other" is creating
-    assert set(routes(world.store)) == {"e"}
+    assert set(routes(world.store, world.tmp_path)) == {"e"}
 
 
 # -- robustness --------------------------------------------------------------------------------
@@ -578,4 +579,4 @@ def test_container_replicas_are_not_sent_bundles(world: World) -> None:
     ]
     apply_documents(world.store, parse_documents(raws), world.clock())
     world.tick(2)
-    assert routes(world.store)["e"]["variants"][0]["bundles"] is False
+    assert routes(world.store, world.tmp_path)["e"]["variants"][0]["bundles"] is False

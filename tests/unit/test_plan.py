@@ -96,6 +96,8 @@ def endpoint(
         deleting=deleting,
         created_at=0.0,
         updated_at=0.0,
+        last_request_at=None,
+        webhook_secret="",
     )
 
 

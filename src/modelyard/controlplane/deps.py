@@ -25,6 +25,10 @@ class Context:
     clock: Callable[[], float] = time.time
     #: when a gateway last began reading the routing table (None: no gateway has, since start-up)
     routes_read_at: float | None = None
+    #: the server's state directory (default async locations live under it)
+    state_dir: Path = Path(".modelyard")
+    #: where the gateway leaves accepted async requests
+    inbox_dir: Path = Path(".modelyard/run/async-inbox")
 
 
 def context(request: Request) -> Context:

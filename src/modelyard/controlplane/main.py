@@ -8,8 +8,10 @@ import threading
 
 import uvicorn
 
+from modelyard import inbox
 from modelyard.controlplane.app import create_app
 from modelyard.controlplane.deps import Context
+from modelyard.controlplane.reconcile.asyncq import AsyncQueue, Notifier
 from modelyard.controlplane.reconcile.endpoints import EndpointController
 from modelyard.controlplane.reconcile.plan import PlanSettings
 from modelyard.controlplane.store.repo import Store
@@ -30,18 +32,26 @@ def main() -> None:
         max_start_attempts=settings.max_start_attempts,
     )
     controller = EndpointController(store, executor, settings.logs_dir, cfg)
+    queue = AsyncQueue(store, inbox.inbox_dir(settings.run_dir), wake_controller=controller.wake)
+    notifier = Notifier(store)
     ctx = Context(
         store=store,
         token=token,
         logs_dir=settings.logs_dir,
         gateway_url=f"http://{settings.host}:{settings.gateway_port}",
         wake=controller.wake,
+        state_dir=settings.state_dir,
+        inbox_dir=inbox.inbox_dir(settings.run_dir),
     )
     stop = threading.Event()
     loop = threading.Thread(
         target=controller.run, args=(stop, settings.reconcile_interval_s), daemon=True
     )
     loop.start()
+    threading.Thread(
+        target=queue.run, args=(stop, settings.async_poll_interval_s), daemon=True
+    ).start()
+    threading.Thread(target=notifier.run, args=(stop, 0.25), daemon=True).start()
     threading.Thread(target=watch_parent, args=(stop,), daemon=True).start()
 
     config = uvicorn.Config(
@@ -54,8 +64,12 @@ def main() -> None:
     finally:
         stop.set()
         controller.wake.set()
+        queue.wake.set()
         loop.join(timeout=10)
+        queue.close()
+        notifier.close()
         controller.stop_all(settings.stop_grace_s)
+        executor.close()
         store.close()
 
 

@@ -15,14 +15,18 @@ import hmac
 import json
 import logging
 import os
+import re
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from modelyard import inbox, storage
 from modelyard.dataplane import bundle
 from modelyard.dataplane import sagemaker as sm
-from modelyard.dataplane.http import Answer, Headers, Request
+from modelyard.dataplane.http import Answer, BodyIncomplete, BodyTooLarge, Headers, Request
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
 from modelyard.dataplane.upstream import BundlesUnsupported, Pool, UpstreamError, Upstreams
 
@@ -33,6 +37,11 @@ _JSON_HEADERS = ((b"content-type", _JSON),)
 #: Bodies larger than this go alone: bundling saves per-request overhead, which they dwarf.
 _BUNDLE_MAX_BODY = 64 * 1024
 _FORWARDED = (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID)
+#: While a request is held for a replica that is starting, the routing table is read this often.
+_HOLD_SYNC_S = 0.02
+#: The gateway writes an uploaded async payload in pieces of about this size.
+_UPLOAD_CHUNK = 1024 * 1024
+_INFERENCE_ID = re.compile(rb"^[\x21-\x7e]{1,64}$")
 
 
 class GatewayError(Exception):
@@ -55,6 +64,10 @@ class Gateway:
         max_payload_bytes: int,
         timeout_s: float,
         sync_interval_s: float,
+        inbox_dir: Path | None = None,
+        serverless_max_payload_bytes: int = 4 * 1024 * 1024,
+        async_max_payload_bytes: int = 1024 * 1024 * 1024,
+        workers: int = 1,
     ) -> None:
         self.control_url = control_url
         self.token = token
@@ -64,8 +77,15 @@ class Gateway:
         self.timeout_s = timeout_s
         self.sync_interval_s = sync_interval_s
         self._too_big = f"payload larger than the limit of {max_payload_bytes // (1024 * 1024)} MB"
+        self.inbox_dir = inbox_dir or routes_file.parent / inbox.INBOX
+        self.serverless_max_payload = serverless_max_payload_bytes
+        self.async_max_payload = async_max_payload_bytes
+        self.workers = workers
         self.routes: dict[str, EndpointRoute] = {}
-        self.counts: dict[str, dict[str, list[int]]] = {}
+        self.counts: dict[str, dict[str, list[float]]] = {}
+        #: requests in progress (held ones included) per serverless or async endpoint
+        self.inflight: dict[str, int] = {}
+        self._holding = 0
         self._kick = asyncio.Event()
         self._sync_cond = asyncio.Condition()
         self._syncs_started = 0
@@ -90,7 +110,7 @@ class Gateway:
 
     def _load_saved_routes(self) -> None:
         with contextlib.suppress(OSError, ValueError, KeyError):
-            self.routes = build_routes(json.loads(self.routes_file.read_text()), {})
+            self.routes = build_routes(json.loads(self.routes_file.read_text()), {}, self.workers)
 
     async def _sync_forever(self) -> None:
         assert self._session is not None
@@ -101,15 +121,19 @@ class Gateway:
             self._syncs_started += 1
             number = self._syncs_started
             counts, self.counts = self.counts, {}
+            active = [name for name, n in self.inflight.items() if n > 0]
             try:
                 async with self._session.post(
-                    url, json={"counts": counts}, headers=headers, timeout=aiohttp.ClientTimeout(5)
+                    url,
+                    json={"counts": counts, "active": active},
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(5),
                 ) as resp:
                     if resp.status != 200:
                         raise aiohttp.ClientError(f"sync answered {resp.status}")
                     table = (await resp.json())["routes"]
                 if table != last_table:
-                    self.routes = build_routes(table, self.routes)
+                    self.routes = build_routes(table, self.routes, self.workers)
                     self.upstreams.retain(
                         {
                             up.address
@@ -126,8 +150,9 @@ class Gateway:
             async with self._sync_cond:
                 self._syncs_done = number
                 self._sync_cond.notify_all()
+            interval = _HOLD_SYNC_S if self._holding else self.sync_interval_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.sync_interval_s)
+                await asyncio.wait_for(self._kick.wait(), interval)
             self._kick.clear()
 
     async def _fresh_route(self, name: str) -> EndpointRoute | None:
@@ -142,10 +167,10 @@ class Gateway:
                 )
         return self.routes.get(name)
 
-    def _merge_counts(self, counts: dict[str, dict[str, list[int]]]) -> None:
+    def _merge_counts(self, counts: dict[str, dict[str, list[float]]]) -> None:
         for endpoint, variants in counts.items():
             for variant, values in variants.items():
-                mine = self.counts.setdefault(endpoint, {}).setdefault(variant, [0, 0, 0])
+                mine = self.counts.setdefault(endpoint, {}).setdefault(variant, [0, 0, 0, 0, 0])
                 for i, value in enumerate(values):
                     mine[i] += value
 
@@ -163,7 +188,7 @@ class Gateway:
             by_variant = self.counts[endpoint] = {}
         slot = by_variant.get(variant)
         if slot is None:  # (setdefault would build a dict and a list on every request)
-            slot = by_variant[variant] = [0, 0, 0]
+            slot = by_variant[variant] = [0, 0, 0, 0, 0]
         slot[0] += 1
         if 400 <= status < 500:
             slot[1] += 1
@@ -176,10 +201,20 @@ class Gateway:
         if path.startswith("/endpoints/") and path.endswith("/invocations"):
             if request.method != "POST":
                 return _error(405, sm.VALIDATION, "use POST")
-            return await self._invoke(path[len("/endpoints/") : -len("/invocations")], request)
+            name = path[len("/endpoints/") : -len("/invocations")]
+            if name.endswith("/async-"):  # /endpoints/{name}/async-invocations
+                return await self._invoke_async(name[: -len("/async-")], request)
+            return await self._invoke(name, request)
         if path in ("/ping", "/healthz"):
             return 200, _JSON_HEADERS, b'{"status":"ok"}'
         return _error(404, sm.VALIDATION, f"no route for {path}")
+
+    def streaming(self, method: str, path: str, headers: dict[bytes, bytes]) -> int | None:
+        """The HTTP server asks this for each request: async invocations stream their body
+        (to storage), up to the async payload limit; every other body is read whole."""
+        if method == "POST" and path.endswith("/async-invocations"):
+            return self.async_max_payload
+        return None
 
     def error(self, status: int, message: str) -> Answer:
         """The HTTP server's own answers (malformed request, head or body too large, a defect
@@ -198,6 +233,15 @@ class Gateway:
             if route is None:
                 raise _fail(404, sm.VALIDATION, f"Endpoint {name} not found.")
             body = request.body
+            if route.kind == "serverless":
+                return await self._invoke_serverless(route, request)
+            if route.kind == "async":
+                raise _fail(
+                    400,
+                    sm.VALIDATION,
+                    f"Endpoint {name} is asynchronous: send requests to "
+                    f"/endpoints/{name}/async-invocations",
+                )
             variant = self._variant(route, headers)
             variant_name = variant.name
             answer = await self._forward(variant, headers, body)
@@ -217,6 +261,223 @@ class Gateway:
             return exc.status, _error_headers(exc.error_type), exc.body
         self._count(name, variant_name, answer[0])
         return answer
+
+    async def _invoke_serverless(self, route: EndpointRoute, request: Request) -> Answer:
+        """A serverless endpoint: the payload limit, the concurrency cap (429 over it), and a
+        request at zero held while a replica starts (counted and timed as a cold start)."""
+        name, headers, body = route.name, request.headers, request.body
+        variant_name = "-"
+        inflight = self.inflight.get(name, 0)
+        try:
+            if len(body) > self.serverless_max_payload:
+                limit = self.serverless_max_payload // (1024 * 1024)
+                raise _fail(
+                    413, sm.VALIDATION, f"payload larger than a serverless endpoint's {limit} MB"
+                )
+            if route.max_concurrency is not None and inflight >= route.max_concurrency:
+                raise _fail(
+                    429,
+                    sm.THROTTLING,
+                    f"Endpoint {name} is at its max_concurrency "
+                    f"({route.max_concurrency} invocations in progress); retry with backoff",
+                )
+            self.inflight[name] = inflight + 1
+            try:
+                variant = self._variant(route, headers)
+                variant_name = variant.name
+                if not variant.replicas:
+                    variant = await self._hold(name, variant_name)
+                answer = await self._forward(variant, headers, body)
+                if answer is None:  # the replica went while we chose it: hold for another
+                    variant = await self._hold(name, variant_name)
+                    answer = await self._forward(variant, headers, body)
+                if answer is None:
+                    raise _fail(
+                        503,
+                        sm.SERVICE_UNAVAILABLE,
+                        f"variant {variant_name} has no ready replica; try again shortly",
+                    )
+            finally:
+                self.inflight[name] -= 1
+        except GatewayError as exc:
+            self._count(name, variant_name, exc.status)
+            return exc.status, _error_headers(exc.error_type), exc.body
+        self._count(name, variant_name, answer[0])
+        return answer
+
+    async def _hold(self, name: str, variant_name: str) -> VariantRoute:
+        """Wait, up to the invocation timeout, until the variant has a ready replica (the sync
+        reports this endpoint active, which makes the control plane start one)."""
+        started = time.monotonic()
+        deadline = started + self.timeout_s
+        self._holding += 1
+        try:
+            while True:
+                route = await self._fresh_route(name)
+                variant = route.variants.get(variant_name) if route else None
+                if variant is not None and variant.replicas:
+                    slot = self.counts.setdefault(name, {}).setdefault(
+                        variant_name, [0, 0, 0, 0, 0]
+                    )
+                    slot[3] += 1
+                    slot[4] += (time.monotonic() - started) * 1000.0
+                    return variant
+                if route is None:
+                    raise _fail(404, sm.VALIDATION, f"Endpoint {name} not found.")
+                if variant is None:
+                    raise _fail(
+                        503, sm.SERVICE_UNAVAILABLE, f"variant {variant_name} is gone; retry"
+                    )
+                if time.monotonic() >= deadline:
+                    raise _fail(
+                        503,
+                        sm.SERVICE_UNAVAILABLE,
+                        f"no replica of variant {variant_name} became ready within "
+                        f"{self.timeout_s:g} s (see `modelyard describe {name}`)",
+                    )
+                await asyncio.sleep(_HOLD_SYNC_S)
+        finally:
+            self._holding -= 1
+
+    async def _invoke_async(self, name: str, request: Request) -> Answer:
+        """InvokeEndpointAsync: store the payload (streamed from the request body, or named by
+        X-Amzn-SageMaker-InputLocation), put the request in the inbox, answer 202."""
+        headers = request.headers
+        try:
+            if self.invoke_token is not None:
+                self._authorize(headers)
+            route = self.routes.get(name) or await self._fresh_route(name)
+            if route is None:
+                raise _fail(404, sm.VALIDATION, f"Endpoint {name} not found.")
+            if route.kind != "async" or route.locations is None:
+                raise _fail(
+                    400,
+                    sm.VALIDATION,
+                    f"Endpoint {name} is not asynchronous (type {route.kind}); send requests to "
+                    f"/endpoints/{name}/invocations",
+                )
+            entry = self._async_entry(route, headers)
+            self.inflight[name] = self.inflight.get(name, 0) + 1
+            try:
+                await self._receive_input(request, entry, route.locations)
+            finally:
+                self.inflight[name] -= 1
+        except GatewayError as exc:
+            if name in self.routes:
+                self._count(name, "-", exc.status)
+            return exc.status, _error_headers(exc.error_type), exc.body
+        variant = next(iter(route.variants))
+        self._count(name, variant, 202)
+        output = storage.join(route.locations["output"], f"{entry['id']}.out")
+        failure = storage.join(route.locations["failure"], f"{entry['id']}.error")
+        out = [
+            *_JSON_HEADERS,
+            (sm.H_OUTPUT_LOCATION, output.encode()),
+            (sm.H_FAILURE_LOCATION, failure.encode()),
+        ]
+        body = json.dumps(
+            {"InferenceId": entry["id"], "OutputLocation": output, "FailureLocation": failure}
+        )
+        return 202, out, body.encode()
+
+    def _async_entry(self, route: EndpointRoute, headers: dict[bytes, bytes]) -> dict[str, Any]:
+        """The inbox entry of an async request, from its headers (checked here: bad ones are
+        refused before any byte is stored)."""
+        assert route.locations is not None
+        for unsupported in sm.UNSUPPORTED_ASYNC:
+            if unsupported in headers:
+                raise _fail(
+                    400,
+                    sm.VALIDATION,
+                    f"{unsupported.decode()} is not supported; results are named <id>.out "
+                    "under the endpoint's output_uri",
+                )
+        client_id = headers.get(sm.H_INFERENCE_ID, b"")
+        if client_id and not _INFERENCE_ID.match(client_id):
+            raise _fail(
+                400,
+                sm.VALIDATION,
+                "X-Amzn-SageMaker-Inference-Id: 1-64 printable characters, no spaces",
+            )
+        entry: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "endpoint": route.name,
+            "content_type": _text(
+                headers.get(sm.H_ASYNC_CONTENT_TYPE) or headers.get(b"content-type")
+            ),
+            "accept": _text(headers.get(sm.H_ASYNC_ACCEPT) or headers.get(b"accept")),
+            "custom_attributes": _text(headers.get(sm.H_CUSTOM_ATTRIBUTES)),
+            "client_inference_id": _text(client_id),
+            "output_location": route.locations["output"],
+            "failure_location": route.locations["failure"],
+            "input_uri": _text(headers.get(sm.H_INPUT_LOCATION)),
+        }
+        for header, key, most in (
+            (sm.H_REQUEST_TTL, "request_ttl_s", 21600),
+            (sm.H_INVOCATION_TIMEOUT, "invocation_timeout_s", 3600),
+        ):
+            raw = headers.get(header)
+            if raw is None:
+                continue
+            if not raw.isdigit() or not 1 <= int(raw) <= most:
+                raise _fail(
+                    400, sm.VALIDATION, f"{header.decode()}: a whole number of seconds, 1-{most}"
+                )
+            entry[key] = int(raw)
+        return entry
+
+    async def _receive_input(
+        self, request: Request, entry: dict[str, Any], locations: dict[str, str]
+    ) -> None:
+        """Stream the body (if any) to storage, then put the entry in the inbox: only then is
+        the request accepted."""
+        loop = asyncio.get_running_loop()
+        stream = request.stream
+        first = await _read(stream) if stream is not None else b""
+        if not first and not entry["input_uri"]:
+            raise _fail(
+                400,
+                sm.VALIDATION,
+                "send the payload as the request body, or name where it is with "
+                "X-Amzn-SageMaker-InputLocation",
+            )
+        if first:
+            assert stream is not None
+            target = entry["input_uri"] or storage.join(locations["input"], entry["id"])
+            entry.update(input_uri=target, input_owned=not entry["input_uri"])
+            writer = storage.atomic_write(target)
+            try:
+                sink = await loop.run_in_executor(None, writer.__enter__)
+            except (OSError, ValueError) as exc:
+                raise _fail(
+                    400, sm.VALIDATION, f"cannot write the input to {target}: {exc}"
+                ) from exc
+            size = 0
+            try:
+                pending = [first]
+                buffered = len(first)
+                while True:
+                    chunk = await _read(stream)
+                    if chunk:
+                        pending.append(chunk)
+                        buffered += len(chunk)
+                    if buffered >= _UPLOAD_CHUNK or (not chunk and pending):
+                        data = b"".join(pending)
+                        pending, buffered = [], 0
+                        await loop.run_in_executor(None, sink.write, data)
+                        size += len(data)
+                    if not chunk:
+                        break
+            except BaseException as exc:
+                await loop.run_in_executor(None, writer.__exit__, type(exc), exc, None)
+                raise
+            await loop.run_in_executor(None, writer.__exit__, None, None, None)
+            entry["input_bytes"] = size
+        entry["received_at"] = time.time()
+        try:
+            await loop.run_in_executor(None, inbox.put, self.inbox_dir, entry)
+        except OSError as exc:
+            raise _fail(500, sm.INTERNAL_FAILURE, f"could not queue the request: {exc}") from exc
 
     def _authorize(self, headers: dict[bytes, bytes]) -> None:
         value = headers.get(b"authorization", b"").decode("latin-1")
@@ -317,6 +578,21 @@ class Gateway:
             resp.header(sm.H_CUSTOM_ATTRIBUTES) or b"",
             resp.body,
         )
+
+
+async def _read(stream: Any) -> bytes:
+    """The next piece of a streamed body; the body's own troubles as the gateway's errors."""
+    try:
+        chunk: bytes = await stream.read()
+    except BodyTooLarge as exc:
+        raise _fail(413, sm.VALIDATION, "payload larger than the async payload limit") from exc
+    except BodyIncomplete as exc:
+        raise _fail(400, sm.VALIDATION, "the request body ended early") from exc
+    return chunk
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("latin-1") if value else ""
 
 
 def _error_headers(error_type: str) -> Headers:

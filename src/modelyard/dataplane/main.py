@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 
+from modelyard import inbox
 from modelyard.dataplane import http
 from modelyard.dataplane.gateway import Gateway
 from modelyard.process import child_start, watch_parent
@@ -28,13 +29,21 @@ def main() -> None:
         max_payload_bytes=settings.max_payload_bytes,
         timeout_s=settings.invocation_timeout_s,
         sync_interval_s=settings.route_sync_interval_s,
+        inbox_dir=inbox.inbox_dir(settings.run_dir),
+        serverless_max_payload_bytes=settings.serverless_max_payload_bytes,
+        async_max_payload_bytes=settings.async_max_payload_bytes,
+        workers=settings.gateway_workers,
     )
     threading.Thread(target=watch_parent, args=(threading.Event(),), daemon=True).start()
     listening = socket.socket(fileno=fd)
 
     async def serve() -> None:
         server = http.HttpServer(
-            gateway, max_body=settings.max_payload_bytes, errors=gateway.error, keepalive_s=30
+            gateway,
+            max_body=settings.max_payload_bytes,
+            errors=gateway.error,
+            keepalive_s=30,
+            streaming=gateway.streaming,
         )
         await gateway.startup()
         try:

@@ -53,6 +53,12 @@ class EndpointRoute:
     name: str
     revision: int
     variants: dict[str, VariantRoute]
+    #: realtime | serverless | async
+    kind: str = "realtime"
+    #: serverless: invocations in progress at once (this gateway process's share)
+    max_concurrency: int | None = None
+    #: async: ``{"input", "output", "failure"}`` storage prefixes
+    locations: dict[str, str] | None = None
     _cumulative: list[float] = field(default_factory=list)
     _order: list[VariantRoute] = field(default_factory=list)
 
@@ -74,10 +80,11 @@ class EndpointRoute:
 
 
 def build_routes(
-    table: dict[str, Any], previous: dict[str, EndpointRoute]
+    table: dict[str, Any], previous: dict[str, EndpointRoute], workers: int = 1
 ) -> dict[str, EndpointRoute]:
     """Build routes from the control plane's table, keeping the outstanding counts of replicas
-    that stay (so least-outstanding choice is not reset by every refresh)."""
+    that stay (so least-outstanding choice is not reset by every refresh). With several gateway
+    processes each enforces its share of a serverless endpoint's concurrency cap."""
     known: dict[str, Upstream] = {
         up.address: up
         for route in previous.values()
@@ -92,5 +99,13 @@ def build_routes(
             variants[v["name"]] = VariantRoute(
                 v["name"], float(v["weight"]), ups, bool(v.get("bundles", False))
             )
-        routes[name] = EndpointRoute(name, int(entry["revision"]), variants)
+        cap = entry.get("max_concurrency")
+        routes[name] = EndpointRoute(
+            name,
+            int(entry["revision"]),
+            variants,
+            kind=str(entry.get("type", "realtime")),
+            max_concurrency=None if cap is None else max(1, -(-int(cap) // max(1, workers))),
+            locations=entry.get("async"),
+        )
     return routes

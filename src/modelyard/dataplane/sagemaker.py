@@ -9,11 +9,21 @@ H_CUSTOM_ATTRIBUTES = b"x-amzn-sagemaker-custom-attributes"
 H_INFERENCE_ID = b"x-amzn-sagemaker-inference-id"
 H_INVOKED_VARIANT = b"x-amzn-invoked-production-variant"
 H_ERROR_TYPE = b"x-amzn-errortype"
+# InvokeEndpointAsync
+H_INPUT_LOCATION = b"x-amzn-sagemaker-inputlocation"
+H_ASYNC_CONTENT_TYPE = b"x-amzn-sagemaker-content-type"
+H_ASYNC_ACCEPT = b"x-amzn-sagemaker-accept"
+H_REQUEST_TTL = b"x-amzn-sagemaker-requestttlseconds"
+H_INVOCATION_TIMEOUT = b"x-amzn-sagemaker-invocationtimeoutseconds"
+H_OUTPUT_LOCATION = b"x-amzn-sagemaker-outputlocation"
+H_FAILURE_LOCATION = b"x-amzn-sagemaker-failurelocation"
+UNSUPPORTED_ASYNC = (b"x-amzn-sagemaker-s3outputpathextension", b"x-amzn-sagemaker-filename")
 
 # botocore reads the error code from x-amzn-ErrorType and the message from the JSON body.
 VALIDATION = "ValidationError"
 MODEL_ERROR = "ModelError"
 SERVICE_UNAVAILABLE = "ServiceUnavailable"
+THROTTLING = "ThrottlingException"
 INTERNAL_FAILURE = "InternalFailure"
 
 

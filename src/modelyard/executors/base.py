@@ -53,3 +53,8 @@ class Executor(Protocol):
     def signal(self, proc: ReplicaProcess, how: Literal["term", "kill"]) -> None:
         """Ask the replica to stop (drain and exit) or kill it; never raises for a gone process."""
         ...
+
+    def set_standby(self, enabled: bool) -> None:
+        """Keep (or stop keeping) a spare, model-less replica process warm, for fast cold
+        starts; executors without one ignore it."""
+        ...

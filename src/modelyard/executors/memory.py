@@ -25,6 +25,7 @@ class MemoryExecutor:
         self.auto_ready = auto_ready
         self.replicas: dict[int, FakeReplica] = {}
         self._next_pid = 1000
+        self.standby = False
 
     def start(self, launch: ReplicaLaunch) -> ReplicaProcess:
         self._next_pid += 1
@@ -58,3 +59,6 @@ class MemoryExecutor:
             return
         fake.signals.append(how)
         fake.exit_code = 0 if how == "term" else -9
+
+    def set_standby(self, enabled: bool) -> None:
+        self.standby = enabled

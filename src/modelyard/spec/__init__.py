@@ -4,6 +4,7 @@ from modelyard.spec.documents import load_documents, parse_document, parse_docum
 from modelyard.spec.resources import (
     KINDS,
     RUNTIMES,
+    AsyncSpec,
     BatchingSpec,
     ContainerSpec,
     Document,
@@ -11,7 +12,9 @@ from modelyard.spec.resources import (
     EndpointSpec,
     ModelDocument,
     ModelSpec,
+    NotificationsSpec,
     ResourcesSpec,
+    ServerlessSpec,
     VariantSpec,
     dump_spec,
 )
@@ -19,6 +22,7 @@ from modelyard.spec.resources import (
 __all__ = [
     "KINDS",
     "RUNTIMES",
+    "AsyncSpec",
     "BatchingSpec",
     "ContainerSpec",
     "Document",
@@ -26,7 +30,9 @@ __all__ = [
     "EndpointSpec",
     "ModelDocument",
     "ModelSpec",
+    "NotificationsSpec",
     "ResourcesSpec",
+    "ServerlessSpec",
     "VariantSpec",
     "dump_spec",
     "load_documents",

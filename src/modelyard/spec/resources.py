@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-63 letters, digits and hyphens")]
@@ -96,7 +96,13 @@ class BatchingSpec(_Spec):
 class VariantSpec(_Spec):
     name: Name = Field(description="unique within the endpoint")
     model: Name = Field(description="the Model this variant serves")
-    instance_count: int = Field(default=1, ge=1, le=64, description="replicas to run")
+    instance_count: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="replicas to run (serverless: while it has traffic; async: while its queue "
+        "has work)",
+    )
     weight: float = Field(default=1.0, ge=0, description="share of traffic, relative to the others")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="per replica")
     startup_timeout_s: int = Field(
@@ -108,11 +114,128 @@ class VariantSpec(_Spec):
     )
 
 
+class ServerlessSpec(_Spec):
+    """A serverless endpoint: replicas only while there is traffic."""
+
+    memory_mb: int = Field(
+        default=2048,
+        ge=1024,
+        le=6144,
+        multiple_of=1024,
+        description="memory of each replica, enforced: a replica over it is stopped (1024-6144, "
+        "in steps of 1024)",
+    )
+    max_concurrency: int = Field(
+        default=20,
+        ge=1,
+        le=200,
+        description="invocations in progress at once; more are refused with 429 (throttled)",
+    )
+    provisioned_concurrency: int = Field(
+        default=0,
+        ge=0,
+        le=200,
+        description="replicas of each variant kept warm while idle (0: scale to zero)",
+    )
+    idle_timeout_s: int = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description="seconds without a request before the endpoint scales in to its provisioned "
+        "replicas",
+    )
+
+    @model_validator(mode="after")
+    def _provisioned(self) -> ServerlessSpec:
+        if self.provisioned_concurrency > self.max_concurrency:
+            raise ValueError(
+                f"provisioned_concurrency ({self.provisioned_concurrency}) must be at most "
+                f"max_concurrency ({self.max_concurrency})"
+            )
+        return self
+
+
+class NotificationsSpec(_Spec):
+    success: list[AnyHttpUrl] = Field(
+        default_factory=list, max_length=10, description="webhooks told of each result"
+    )
+    error: list[AnyHttpUrl] = Field(
+        default_factory=list, max_length=10, description="webhooks told of each failure"
+    )
+    include_response_inline_max_kb: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="results up to this size (KB) are also sent in the success notification",
+    )
+
+
+class AsyncSpec(_Spec):
+    """An asynchronous endpoint: a durable queue in front of the replicas."""
+
+    output_uri: str | None = Field(
+        default=None,
+        description="where results go, as <id>.out (default: the server's state directory)",
+    )
+    failure_uri: str | None = Field(
+        default=None, description="where failures go, as <id>.error (default: output_uri)"
+    )
+    max_concurrent_invocations_per_instance: int = Field(
+        default=4, ge=1, le=1000, description="requests each replica works on at once"
+    )
+    invocation_timeout_s: int = Field(
+        default=900, ge=1, le=3600, description="longest one request may take on a replica"
+    )
+    request_ttl_s: int = Field(
+        default=21600, ge=1, le=21600, description="a request still queued after this fails"
+    )
+    idle_timeout_s: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="seconds with an empty queue before the replicas scale to zero",
+    )
+    notifications: NotificationsSpec = Field(
+        default_factory=NotificationsSpec, description="signed webhooks on success and error"
+    )
+
+    @field_validator("output_uri", "failure_uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a storage URI or path, not empty")
+        return value
+
+
 class EndpointSpec(_Spec):
-    type: Literal["realtime"] = Field(default="realtime", description="the endpoint type")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    type: Literal["realtime", "serverless", "async"] = Field(
+        default="realtime", description="the endpoint type"
+    )
     variants: list[VariantSpec] = Field(
         min_length=1, max_length=10, description="production variants sharing the traffic"
     )
+    serverless: ServerlessSpec | None = Field(
+        default=None, description="type serverless: memory, concurrency, scale to zero"
+    )
+    async_: AsyncSpec | None = Field(
+        default=None,
+        alias="async",
+        description="type async: result locations, concurrency, timeouts, notifications",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_defaults(cls, data: Any) -> Any:
+        """A serverless or async endpoint without its block gets the block's defaults."""
+        if isinstance(data, dict):
+            kind = data.get("type")
+            if kind == "serverless" and data.get("serverless") is None:
+                data = {**data, "serverless": {}}
+            if kind == "async" and data.get("async", data.get("async_")) is None:
+                data = {**data, "async": {}}
+        return data
 
     @field_validator("variants")
     @classmethod
@@ -124,6 +247,23 @@ class EndpointSpec(_Spec):
         if sum(v.weight for v in variants) <= 0:
             raise ValueError("at least one variant needs a weight above 0")
         return variants
+
+    @model_validator(mode="after")
+    def _type_blocks(self) -> EndpointSpec:
+        if self.serverless is not None and self.type != "serverless":
+            raise ValueError("serverless is only allowed with type: serverless")
+        if self.async_ is not None and self.type != "async":
+            raise ValueError("async is only allowed with type: async")
+        if self.type == "async" and len(self.variants) != 1:
+            raise ValueError("an async endpoint has exactly one variant")
+        if self.type == "serverless":
+            for v in self.variants:
+                if v.resources.memory_mb is not None:
+                    raise ValueError(
+                        f"variant {v.name!r}: a serverless endpoint sizes memory with "
+                        "serverless.memory_mb, not resources.memory_mb"
+                    )
+        return self
 
     def variant(self, name: str) -> VariantSpec | None:
         return next((v for v in self.variants if v.name == name), None)
@@ -147,4 +287,4 @@ KINDS = ("Model", "Endpoint")
 
 def dump_spec(spec: BaseModel) -> dict[str, Any]:
     """The canonical JSON form of a spec, used for storage and change detection."""
-    return spec.model_dump(mode="json", exclude_defaults=False)
+    return spec.model_dump(mode="json", exclude_defaults=False, by_alias=True)

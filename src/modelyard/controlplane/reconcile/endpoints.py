@@ -15,6 +15,7 @@ from pathlib import Path
 
 from modelyard.controlplane.reconcile.plan import (
     Action,
+    Activity,
     DeleteEndpoint,
     FailReplica,
     Forget,
@@ -38,6 +39,8 @@ from modelyard.spec import ModelSpec
 
 log = logging.getLogger("modelyard.controller")
 OVER_MEMORY = "over its memory limit"
+#: The loop's interval while a scale-from-zero replica starts (a request may be waiting on it).
+HURRY_INTERVAL_S = 0.03
 
 
 def tail_lines(path: str | Path, count: int = 10) -> list[str]:
@@ -51,6 +54,15 @@ def tail_lines(path: str | Path, count: int = 10) -> list[str]:
     except OSError:
         return []
     return data.decode("utf-8", "replace").splitlines()[-count:]
+
+
+def _log_line(path: str, line: str) -> None:
+    """Add the platform's own line to a replica's log (what `logs` shows next to its output)."""
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+    except OSError as exc:
+        log.warning("could not write to %s: %s", path, exc)
 
 
 def _proc(rep: ReplicaRecord) -> ReplicaProcess | None:
@@ -74,18 +86,32 @@ class EndpointController:
         self.cfg = cfg
         self.clock = clock
         self.wake = threading.Event()
+        #: a replica of a scale-from-zero endpoint is starting: requests may be held for it, so
+        #: the loop looks again sooner than its interval
+        self.hurry = False
 
     # one pass ------------------------------------------------------------------------------
     def tick(self) -> None:
         with self.store.tx() as repo:
-            names = [e.name for e in repo.list_endpoints()]
-        for name in names:
+            endpoints = repo.list_endpoints()
+            backlog = repo.backlog()
+            types = {}
+            for e in endpoints:
+                rev = repo.get_revision(e.name, e.target_revision) if e.target_revision else None
+                types[e.name] = rev.spec.get("type", "realtime") if rev else "realtime"
+        # A spare, model-less interpreter makes serverless cold starts fast (executors that
+        # have one); it is kept only while a serverless endpoint exists.
+        self.executor.set_standby(any(t == "serverless" for t in types.values()))
+        self.hurry = False
+        for endpoint in endpoints:
+            entry = backlog.get(endpoint.name)
+            backlogged = entry.queued + entry.running if entry else 0
             try:
-                self.reconcile(name)
+                self.reconcile(endpoint.name, backlogged, types[endpoint.name] != "realtime")
             except ModelyardError as exc:
-                log.error("reconciling endpoint %s failed: %s", name, exc)
+                log.error("reconciling endpoint %s failed: %s", endpoint.name, exc)
 
-    def reconcile(self, name: str) -> None:
+    def reconcile(self, name: str, backlog: int = 0, scales_to_zero: bool = False) -> None:
         with self.store.tx() as repo:
             endpoint = repo.get_endpoint(name)
             if endpoint is None or endpoint.target_revision == 0:
@@ -93,7 +119,13 @@ class EndpointController:
             revisions = {r.number: r for r in repo.list_revisions(name)}
             replicas = repo.list_replicas(name)
         observed = {rep.id: self._observe(rep) for rep in replicas}
-        actions = plan(endpoint, revisions, replicas, observed, self.clock(), self.cfg)
+        activity = Activity(endpoint.last_request_at, backlog)
+        actions = plan(endpoint, revisions, replicas, observed, self.clock(), self.cfg, activity)
+        if scales_to_zero and (
+            any(r.state == "starting" for r in replicas)
+            or any(isinstance(a, StartNew | Restart) for a in actions)
+        ):
+            self.hurry = True
         by_id = {r.id: r for r in replicas}
         for action in actions:
             self._apply(endpoint, by_id, action)
@@ -149,6 +181,7 @@ class EndpointController:
                 proc = _proc(rep)
                 if proc is not None:
                     self.executor.signal(proc, "kill")
+                _log_line(rep.log_path, f"modelyard: replica {replica_id} went {reason}")
                 with self.store.tx() as repo:
                     repo.update_replica(replica_id, message=reason)
                     repo.add_event(name, f"replica {replica_id} went {reason}", now)
@@ -281,7 +314,7 @@ class EndpointController:
                 self.tick()
             except Exception:  # keep the controller alive; the next tick retries
                 log.exception("controller tick failed")
-            self.wake.wait(interval_s)
+            self.wake.wait(min(interval_s, HURRY_INTERVAL_S) if self.hurry else interval_s)
             self.wake.clear()
 
     def stop_all(self, timeout_s: float) -> None:

@@ -9,9 +9,16 @@ Replica states::
     starting ──exit (load error, or too many tries) | startup timeout──▶ failed   (never retried)
     any ──scale-in, replaced, deleted──▶ stopping ──exit──▶ (row removed)
 
-A new revision is promoted (becomes the routed one) once every variant has ``instance_count``
+A new revision is promoted (becomes the routed one) once every variant has its wanted count of
 ready replicas; replicas of other revisions that run the same model, variant and resources are
 carried over instead of restarted.
+
+How many replicas a variant wants depends on the endpoint type (:func:`wanted_replicas`):
+real-time variants run ``instance_count``; serverless ones run it while requests come and keep
+only their provisioned concurrency after ``idle_timeout_s`` without one (zero by default); async
+ones run it while their queue has work and none after ``idle_timeout_s`` with an empty queue. A
+revision being rolled out always starts at least one replica per variant, so a model that cannot
+load fails the apply instead of the first request.
 """
 
 from __future__ import annotations
@@ -32,6 +39,14 @@ class Observation:
     ready: bool
     last_log_line: str = ""  # read when the replica has exited, for the failure's reason
     memory_mb: float | None = None  # resident memory of the replica's process tree
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """What drives scale to and from zero: the last request in progress, the async backlog."""
+
+    last_request_at: float | None = None
+    backlog: int = 0  # async requests queued or running
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +165,45 @@ def variant_key(revision: RevisionRecord, variant: str) -> str | None:
     return json.dumps(shape, sort_keys=True)
 
 
+def wanted_replicas(
+    endpoint: EndpointRecord,
+    spec: Mapping[str, Any],
+    variant: Mapping[str, Any],
+    activity: Activity,
+    now: float,
+    promoting: bool,
+) -> int:
+    """How many replicas ``variant`` of the endpoint spec ``spec`` wants now."""
+    count = int(variant["instance_count"])
+    kind = spec.get("type", "realtime")
+    if kind == "realtime":
+        return count
+    # Idle time counts from the last request, or from the last change of the endpoint.
+    since = max(activity.last_request_at or 0.0, endpoint.updated_at)
+    if kind == "serverless":
+        cfg = spec["serverless"]
+        provisioned = int(cfg["provisioned_concurrency"])
+        if promoting:
+            return max(1, provisioned)
+        busy = now - since < float(cfg["idle_timeout_s"])
+        return max(count, provisioned) if busy else provisioned
+    # async
+    if promoting or activity.backlog > 0:
+        return count
+    return count if now - since < float(spec["async"]["idle_timeout_s"]) else 0
+
+
+def memory_limit_mb(
+    revision: RevisionRecord | None, variant: Mapping[str, Any] | None
+) -> int | None:
+    """The memory a replica may use: ``serverless.memory_mb``, or the variant's
+    ``resources.memory_mb``."""
+    if revision is not None and revision.spec.get("type") == "serverless":
+        return int(revision.spec["serverless"]["memory_mb"])
+    limit = ((variant or {}).get("resources") or {}).get("memory_mb")
+    return int(limit) if limit else None
+
+
 def _variant_spec(revision: RevisionRecord | None, variant: str) -> Mapping[str, Any] | None:
     if revision is None:
         return None
@@ -163,6 +217,7 @@ def _observe(
     now: float,
     cfg: PlanSettings,
     may_fail: bool = True,
+    memory_limit: int | None = None,
 ) -> tuple[str, list[Action]]:
     """The replica's state after this tick's observation, and the actions that record it.
 
@@ -193,9 +248,9 @@ def _observe(
         return ("failed" if permanent else "crashed"), [
             MarkExited(rep.id, obs.exit_code, permanent, restart_at)
         ]
-    limit = ((variant_spec or {}).get("resources") or {}).get("memory_mb")
+    limit = memory_limit
     if limit and obs.memory_mb is not None and obs.memory_mb > limit:
-        return rep.state, [KillOverMemory(rep.id, obs.memory_mb, int(limit))]
+        return rep.state, [KillOverMemory(rep.id, obs.memory_mb, limit)]
     if rep.state == "starting":
         if obs.ready:
             return "ready", [MarkReady(rep.id)]
@@ -220,6 +275,7 @@ def plan(
     observed: Mapping[str, Observation],
     now: float,
     cfg: PlanSettings,
+    activity: Activity = Activity(),
 ) -> list[Action]:
     actions: list[Action] = []
     target = revisions[endpoint.target_revision]
@@ -247,9 +303,12 @@ def plan(
     state: dict[str, str] = {}
     reasons: dict[str, str] = {}
     for rep in replicas:
-        spec = _variant_spec(revisions.get(rep.revision), rep.variant)
+        rev = revisions.get(rep.revision)
+        spec = _variant_spec(rev, rep.variant)
         serving = rep.revision == endpoint.active_revision
-        new_state, acts = _observe(rep, observed.get(rep.id), spec, now, cfg, not serving)
+        new_state, acts = _observe(
+            rep, observed.get(rep.id), spec, now, cfg, not serving, memory_limit_mb(rev, spec)
+        )
         state[rep.id] = new_state
         actions += acts
         for act in acts:
@@ -294,9 +353,13 @@ def plan(
         ]
         plans[name] = (own, carried)
 
+    wanted = {
+        name: wanted_replicas(endpoint, target.spec, v, activity, now, promoting)
+        for name, v in variants.items()
+    }
     all_ready = True
     for name, (own, carried) in plans.items():
-        count = int(variants[name]["instance_count"])
+        count = wanted[name]
         live = [r for r in own if state[r.id] in LIVE] + carried
         ready = [r for r in live if state[r.id] == "ready"]
         if len(ready) < count:
@@ -309,7 +372,7 @@ def plan(
             actions += [Stop(r.id) for r in extra]
 
     if promoting and all_ready:
-        return actions + _promote(endpoint, target, variants, replicas, state, plans)
+        return actions + _promote(endpoint, target, wanted, replicas, state, plans)
 
     if not promoting:
         kept = {r.id for own, carried in plans.values() for r in own + carried}
@@ -330,7 +393,7 @@ def plan(
 def _promote(
     endpoint: EndpointRecord,
     target: RevisionRecord,
-    variants: Mapping[str, Mapping[str, Any]],
+    wanted: Mapping[str, int],
     replicas: Sequence[ReplicaRecord],
     state: Mapping[str, str],
     plans: Mapping[str, tuple[list[ReplicaRecord], list[ReplicaRecord]]],
@@ -338,7 +401,7 @@ def _promote(
     actions: list[Action] = []
     kept: set[str] = set()
     for name, (own, carried) in plans.items():
-        count = int(variants[name]["instance_count"])
+        count = wanted[name]
         live = [r for r in own if state[r.id] in LIVE] + carried
         live.sort(key=lambda r: (state[r.id] != "ready", r.revision != target.number))
         for rep in live[:count]:

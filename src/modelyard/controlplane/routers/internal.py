@@ -15,11 +15,17 @@ router = APIRouter(prefix="/internal/v1", include_in_schema=False)
 @router.post("/gateway/sync")
 def gateway_sync(
     ctx: Annotated[Context, Depends(context)],
-    counts: Annotated[dict[str, dict[str, list[int]]], Body(embed=True)],
+    counts: Annotated[dict[str, dict[str, list[float]]], Body(embed=True)],
+    active: Annotated[list[str], Body(embed=True)] = [],  # noqa: B006 (FastAPI copies it)
 ) -> dict[str, Any]:
-    """The gateway reports invocation counts since its last call and gets the routing table."""
+    """The gateway reports invocation counts since its last call, and the endpoints with
+    requests in progress (held ones included: a serverless endpoint at zero starts a replica),
+    and gets the routing table."""
     now = ctx.clock()
     endpoints.record_counts(ctx.store, counts, now)
-    table = endpoints.routes(ctx.store)
+    if active:
+        endpoints.record_activity(ctx.store, active, now)
+        ctx.wake.set()
+    table = endpoints.routes(ctx.store, ctx.state_dir)
     ctx.routes_read_at = now
     return {"routes": table}

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query
 
 from modelyard.controlplane.deps import Context, context
-from modelyard.controlplane.services import endpoints, models
+from modelyard.controlplane.services import endpoints, invocations, models
 from modelyard.controlplane.services.apply import apply_documents
 from modelyard.controlplane.services.apply import rollback_endpoint as rollback_endpoint_service
 from modelyard.errors import InvalidInputError
@@ -55,7 +55,30 @@ def list_endpoints(ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/endpoints/{name}")
 def describe_endpoint(ctx: Ctx, name: str) -> dict[str, Any]:
-    return endpoints.describe_endpoint(ctx.store, name, ctx.gateway_url, ctx.routes_read_at)
+    return endpoints.describe_endpoint(
+        ctx.store, name, ctx.gateway_url, ctx.routes_read_at, ctx.state_dir, ctx.clock()
+    )
+
+
+@router.get(
+    "/endpoints/{name}/async-invocations",
+    summary="Requests of an async endpoint, newest first",
+)
+def list_async_invocations(
+    ctx: Ctx,
+    name: str,
+    status: Annotated[str | None, Query(description="Queued, Running, Completed or Failed")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> dict[str, Any]:
+    return {"items": invocations.list_invocations(ctx.store, ctx.inbox_dir, name, status, limit)}
+
+
+@router.get(
+    "/endpoints/{name}/async-invocations/{inference_id}",
+    summary="The status of one async request: queued, running, completed or failed",
+)
+def get_async_invocation(ctx: Ctx, name: str, inference_id: str) -> dict[str, Any]:
+    return invocations.get_invocation(ctx.store, ctx.inbox_dir, name, inference_id)
 
 
 @router.post("/endpoints/{name}/rollback", summary="Roll out an earlier revision again")

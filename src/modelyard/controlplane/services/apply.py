@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,7 @@ def _revise(repo: Repo, name: str, spec: dict[str, Any], now: float) -> Applied:
     models = _models_of(repo, spec)
     endpoint = repo.get_endpoint(name)
     if endpoint is None:
-        repo.create_endpoint(name, now)
+        repo.create_endpoint(name, now, webhook_secret=secrets.token_hex(32))
         repo.add_revision(name, 1, spec, models, now)
         repo.update_endpoint(name, now, target_revision=1)
         repo.add_event(name, "created; revision 1", now)

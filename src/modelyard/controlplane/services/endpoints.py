@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+from modelyard.controlplane.reconcile import asyncq
 from modelyard.controlplane.reconcile.endpoints import tail_lines
 from modelyard.controlplane.store.repo import EndpointRecord, Repo, Store
 from modelyard.errors import NotFoundError
 
 
-def _counts(repo: Repo, name: str) -> dict[str, dict[str, int]]:
+def _counts(repo: Repo, name: str) -> dict[str, dict[str, Any]]:
     return {
         c.variant: {
             "invocations": c.invocations,
             "errors_4xx": c.errors_4xx,
             "errors_5xx": c.errors_5xx,
+            "cold_starts": c.cold_starts,
+            "cold_start_ms_avg": round(c.cold_start_ms / c.cold_starts, 1)
+            if c.cold_starts
+            else None,
         }
         for c in repo.list_counts(name)
     }
@@ -52,7 +58,12 @@ ROUTES_MARGIN_S = 0.1
 
 
 def describe_endpoint(
-    store: Store, name: str, gateway_url: str, routes_read_at: float | None = None
+    store: Store,
+    name: str,
+    gateway_url: str,
+    routes_read_at: float | None = None,
+    state_dir: Path | None = None,
+    now: float | None = None,
 ) -> dict[str, Any]:
     """Everything about one endpoint. ``routed`` says whether the gateway has picked up the
     endpoint's latest change, so `apply --wait` returns only once invocations see it."""
@@ -66,6 +77,8 @@ def describe_endpoint(
         counts = _counts(repo, name)
         events = repo.list_events(name)
         revisions = repo.list_revisions(name)
+        backlog = repo.backlog().get(name)
+        totals = repo.async_totals(name)
     assert revision is not None
     variants = []
     for v in revision.spec["variants"]:
@@ -122,6 +135,33 @@ def describe_endpoint(
     )
     if failed_logs:
         view["last_log_lines"] = failed_logs
+    kind = revision.spec.get("type", "realtime")
+    if kind == "serverless":
+        cold = [c for c in counts.values() if c["cold_starts"]]
+        held_ms = sum(c["cold_starts"] * c["cold_start_ms_avg"] for c in cold)
+        starts = sum(c["cold_starts"] for c in cold)
+        view["serverless_status"] = {
+            "cold_starts": starts,
+            "cold_start_ms_avg": round(held_ms / starts, 1) if starts else None,
+            "last_request_at": endpoint.last_request_at,
+        }
+    elif kind == "async":
+        clock = time.time() if now is None else now
+        oldest = backlog.oldest_queued_at if backlog else None
+        view["async_status"] = {
+            "queued": backlog.queued if backlog else 0,
+            "running": backlog.running if backlog else 0,
+            "oldest_queued_age_s": round(clock - oldest, 3) if oldest is not None else None,
+            "succeeded": totals.get("succeeded", 0),
+            "failed": totals.get("failed", 0),
+            "webhook_secret": endpoint.webhook_secret,
+            **(
+                {"locations": asyncq.locations(revision.spec, name, state_dir)}
+                if state_dir is not None
+                else {}
+            ),
+        }
+        view["async_url"] = f"{gateway_url}/endpoints/{name}/async-invocations"
     return view
 
 
@@ -134,9 +174,10 @@ def delete_endpoint(store: Store, name: str, now: float) -> None:
         repo.add_event(name, "deleting", now)
 
 
-def routes(store: Store) -> dict[str, Any]:
-    """The gateway's routing table: per endpoint, the served revision's variants and the
-    addresses of their ready replicas."""
+def routes(store: Store, state_dir: Path) -> dict[str, Any]:
+    """The gateway's routing table: per endpoint, its type, the served revision's variants and
+    the addresses of their ready replicas; for serverless endpoints the concurrency cap, for
+    async ones where inputs, results and failures go."""
     table: dict[str, Any] = {}
     with store.tx() as repo:
         endpoints = repo.list_endpoints()
@@ -147,7 +188,15 @@ def routes(store: Store) -> dict[str, Any]:
             rev = repo.get_revision(endpoint.name, endpoint.active_revision)
             if rev is None:
                 continue
+            kind = rev.spec.get("type", "realtime")
+            extra: dict[str, Any] = {}
+            if kind == "serverless":
+                extra["max_concurrency"] = rev.spec["serverless"]["max_concurrency"]
+            elif kind == "async":
+                extra["async"] = asyncq.locations(rev.spec, endpoint.name, state_dir)
             table[endpoint.name] = {
+                **extra,
+                "type": kind,
                 "revision": rev.number,
                 "variants": [
                     {
@@ -172,14 +221,25 @@ def routes(store: Store) -> dict[str, Any]:
     return table
 
 
-def record_counts(store: Store, counts: dict[str, dict[str, list[int]]], now: float) -> None:
-    """Add a gateway's invocation counts: {endpoint: {variant: [invocations, 4xx, 5xx]}}."""
+def record_counts(store: Store, counts: dict[str, dict[str, list[float]]], now: float) -> None:
+    """Add a gateway's invocation counts: {endpoint: {variant: [invocations, 4xx, 5xx,
+    cold starts, milliseconds held by cold starts]}} (the last two may be absent)."""
     if not counts:
         return
     with store.tx() as repo:
         for endpoint, variants in counts.items():
-            for variant, (n, e4, e5) in variants.items():
-                repo.add_counts(endpoint, variant, int(n), int(e4), int(e5), now)
+            for variant, values in variants.items():
+                n, e4, e5, cold, cold_ms = [*values, 0, 0, 0, 0, 0][:5]
+                repo.add_counts(
+                    endpoint, variant, int(n), int(e4), int(e5), now, int(cold), float(cold_ms)
+                )
+        repo.touch_endpoints(list(counts), now)
+
+
+def record_activity(store: Store, names: list[str], now: float) -> None:
+    """Endpoints with requests in progress at a gateway now."""
+    with store.tx() as repo:
+        repo.touch_endpoints(names, now)
 
 
 def read_logs(

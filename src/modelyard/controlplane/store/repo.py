@@ -11,16 +11,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from modelyard.controlplane.store.db import make_engine, migrate, session_factory
 from modelyard.controlplane.store.rows import (
+    AsyncInvocationRow,
     CounterRow,
     EndpointRow,
     EventRow,
     ModelRow,
+    NotificationRow,
     ReplicaRow,
     RevisionRow,
 )
@@ -45,6 +47,8 @@ class EndpointRecord:
     deleting: bool
     created_at: float
     updated_at: float
+    last_request_at: float | None
+    webhook_secret: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,56 @@ class CounterRecord:
     errors_4xx: int
     errors_5xx: int
     last_at: float | None
+    cold_starts: int
+    cold_start_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncRecord:
+    id: str
+    endpoint: str
+    state: str
+    input_uri: str
+    input_owned: bool
+    input_bytes: int | None
+    content_type: str
+    accept: str
+    custom_attributes: str
+    client_inference_id: str
+    output_location: str
+    failure_location: str
+    created_at: float
+    expires_at: float
+    timeout_s: float | None
+    attempt: int
+    started_at: float | None
+    finished_at: float | None
+    replica_id: str | None
+    dispatcher: str | None
+    output_bytes: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogRecord:
+    endpoint: str
+    queued: int
+    running: int
+    oldest_queued_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRecord:
+    id: int
+    endpoint: str
+    inference_id: str
+    url: str
+    body: str
+    state: str
+    attempts: int
+    next_at: float
+    last_error: str
+    created_at: float
 
 
 def _record(cls: type[Any], row: Any) -> Any:
@@ -136,7 +190,7 @@ class Repo:
         rows = self.s.scalars(select(EndpointRow).order_by(EndpointRow.name))
         return [_record(EndpointRecord, r) for r in rows]
 
-    def create_endpoint(self, name: str, now: float) -> None:
+    def create_endpoint(self, name: str, now: float, webhook_secret: str = "") -> None:
         self.s.add(
             EndpointRow(
                 name=name,
@@ -147,6 +201,8 @@ class Repo:
                 deleting=False,
                 created_at=now,
                 updated_at=now,
+                last_request_at=None,
+                webhook_secret=webhook_secret,
             )
         )
         self.s.flush()
@@ -175,11 +231,24 @@ class Repo:
         )
         return bool(getattr(result, "rowcount", 0))
 
+    def touch_endpoints(self, names: list[str], now: float) -> None:
+        """Record that these endpoints had requests in progress now (not a change of the
+        endpoint: ``updated_at`` stays)."""
+        if names:
+            self.s.execute(
+                update(EndpointRow)
+                .where(EndpointRow.name.in_(names))
+                .values(last_request_at=now)
+                .execution_options(synchronize_session=False)
+            )
+
     def delete_endpoint(self, name: str) -> None:
         for table in (ReplicaRow, RevisionRow):
             self.s.execute(delete(table).where(table.endpoint == name))
         self.s.execute(delete(EventRow).where(EventRow.endpoint == name))
         self.s.execute(delete(CounterRow).where(CounterRow.endpoint == name))
+        self.s.execute(delete(AsyncInvocationRow).where(AsyncInvocationRow.endpoint == name))
+        self.s.execute(delete(NotificationRow).where(NotificationRow.endpoint == name))
         self.s.execute(delete(EndpointRow).where(EndpointRow.name == name))
 
     def add_revision(
@@ -266,19 +335,35 @@ class Repo:
         return list(reversed([_record(EventRecord, r) for r in rows]))
 
     def add_counts(
-        self, endpoint: str, variant: str, invocations: int, e4: int, e5: int, now: float
+        self,
+        endpoint: str,
+        variant: str,
+        invocations: int,
+        e4: int,
+        e5: int,
+        now: float,
+        cold_starts: int = 0,
+        cold_start_ms: float = 0.0,
     ) -> None:
         if self.s.get(EndpointRow, endpoint) is None:
             return  # counts for an endpoint deleted since the gateway counted them
         row = self.s.get(CounterRow, (endpoint, variant))
         if row is None:
             row = CounterRow(
-                endpoint=endpoint, variant=variant, invocations=0, errors_4xx=0, errors_5xx=0
+                endpoint=endpoint,
+                variant=variant,
+                invocations=0,
+                errors_4xx=0,
+                errors_5xx=0,
+                cold_starts=0,
+                cold_start_ms=0.0,
             )
             self.s.add(row)
         row.invocations += invocations
         row.errors_4xx += e4
         row.errors_5xx += e5
+        row.cold_starts += cold_starts
+        row.cold_start_ms += cold_start_ms
         row.last_at = now
 
     def list_counts(self, endpoint: str | None = None) -> list[CounterRecord]:
@@ -286,6 +371,125 @@ class Repo:
         if endpoint is not None:
             query = query.where(CounterRow.endpoint == endpoint)
         return [_record(CounterRecord, r) for r in self.s.scalars(query)]
+
+    # the async queue
+    def add_async(self, **values: Any) -> bool:
+        """Queue a request; False when one with this id is known already (an inbox entry read
+        twice)."""
+        if self.s.get(AsyncInvocationRow, values["id"]) is not None:
+            return False
+        defaults: dict[str, Any] = {"state": "queued", "attempt": 0, "message": ""}
+        self.s.add(AsyncInvocationRow(**{**defaults, **values}))
+        return True
+
+    def get_async(self, inference_id: str) -> AsyncRecord | None:
+        row = self.s.get(AsyncInvocationRow, inference_id)
+        return _record(AsyncRecord, row) if row else None
+
+    def list_async(
+        self,
+        endpoint: str | None = None,
+        states: tuple[str, ...] | None = None,
+        limit: int = 100,
+        oldest_first: bool = True,
+    ) -> list[AsyncRecord]:
+        query = select(AsyncInvocationRow)
+        if endpoint is not None:
+            query = query.where(AsyncInvocationRow.endpoint == endpoint)
+        if states is not None:
+            query = query.where(AsyncInvocationRow.state.in_(states))
+        order = AsyncInvocationRow.created_at
+        query = query.order_by(order if oldest_first else order.desc()).limit(limit)
+        return [_record(AsyncRecord, r) for r in self.s.scalars(query)]
+
+    def update_async_if(
+        self, inference_id: str, state: str, attempt: int, /, **values: Any
+    ) -> bool:
+        """Change a request only if it is still in ``state`` at ``attempt`` (one conditional
+        UPDATE: two dispatches can never both claim or finish one request)."""
+        result = self.s.execute(
+            update(AsyncInvocationRow)
+            .where(
+                AsyncInvocationRow.id == inference_id,
+                AsyncInvocationRow.state == state,
+                AsyncInvocationRow.attempt == attempt,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    def backlog(self) -> dict[str, BacklogRecord]:
+        """Per endpoint: requests queued, running, and when the oldest queued one arrived."""
+        rows = self.s.execute(
+            select(
+                AsyncInvocationRow.endpoint,
+                AsyncInvocationRow.state,
+                func.count(),
+                func.min(AsyncInvocationRow.created_at),
+            )
+            .where(AsyncInvocationRow.state.in_(("queued", "running")))
+            .group_by(AsyncInvocationRow.endpoint, AsyncInvocationRow.state)
+        )
+        found: dict[str, dict[str, Any]] = {}
+        for endpoint, state, count, oldest in rows:
+            entry = found.setdefault(endpoint, {"queued": 0, "running": 0, "oldest": None})
+            entry[state] = int(count)
+            if state == "queued":
+                entry["oldest"] = oldest
+        return {
+            name: BacklogRecord(name, e["queued"], e["running"], e["oldest"])
+            for name, e in found.items()
+        }
+
+    def async_totals(self, endpoint: str) -> dict[str, int]:
+        rows = self.s.execute(
+            select(AsyncInvocationRow.state, func.count())
+            .where(AsyncInvocationRow.endpoint == endpoint)
+            .group_by(AsyncInvocationRow.state)
+        )
+        return {state: int(count) for state, count in rows}
+
+    # notifications
+    def add_notification(
+        self, endpoint: str, inference_id: str, url: str, body: str, now: float
+    ) -> None:
+        self.s.add(
+            NotificationRow(
+                endpoint=endpoint,
+                inference_id=inference_id,
+                url=url,
+                body=body,
+                state="pending",
+                attempts=0,
+                next_at=now,
+                last_error="",
+                created_at=now,
+            )
+        )
+
+    def due_notifications(self, now: float, limit: int) -> list[NotificationRecord]:
+        rows = self.s.scalars(
+            select(NotificationRow)
+            .where(NotificationRow.state == "pending", NotificationRow.next_at <= now)
+            .order_by(NotificationRow.next_at)
+            .limit(limit)
+        )
+        return [_record(NotificationRecord, r) for r in rows]
+
+    def list_notifications(self, inference_id: str) -> list[NotificationRecord]:
+        rows = self.s.scalars(
+            select(NotificationRow)
+            .where(NotificationRow.inference_id == inference_id)
+            .order_by(NotificationRow.id)
+        )
+        return [_record(NotificationRecord, r) for r in rows]
+
+    def update_notification(self, notification_id: int, **values: Any) -> None:
+        row = self.s.get(NotificationRow, notification_id)
+        if row is not None:
+            for key, value in values.items():
+                setattr(row, key, value)
 
 
 class Store:

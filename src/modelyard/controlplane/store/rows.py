@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -34,6 +34,10 @@ class EndpointRow(Base):
     deleting: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    #: the last time the endpoint had a request in progress (serverless and async scale on it)
+    last_request_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: signs the endpoint's webhook notifications (HMAC-SHA256)
+    webhook_secret: Mapped[str] = mapped_column(String(64), default="")
 
 
 class RevisionRow(Base):
@@ -100,3 +104,63 @@ class CounterRow(Base):
     errors_4xx: Mapped[int] = mapped_column(Integer, default=0)
     errors_5xx: Mapped[int] = mapped_column(Integer, default=0)
     last_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: requests that arrived with no replica running and were held while one started
+    cold_starts: Mapped[int] = mapped_column(Integer, default=0)
+    #: the time those requests were held, summed (milliseconds)
+    cold_start_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class AsyncInvocationRow(Base):
+    """One request to an async endpoint: the durable queue.
+
+    ``queued → running → succeeded | failed``; ``running`` goes back to ``queued`` when its
+    replica or its dispatcher dies. ``attempt`` fences a dispatch: only the dispatch that claimed
+    the current attempt may finish it.
+    """
+
+    __tablename__ = "async_invocations"
+    __table_args__ = (Index("ix_async_invocations_endpoint_state", "endpoint", "state"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))
+    input_uri: Mapped[str] = mapped_column(Text)
+    #: the gateway wrote the input (from the request body); it is removed once the request ends
+    input_owned: Mapped[bool] = mapped_column(default=False)
+    input_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    content_type: Mapped[str] = mapped_column(Text, default="")
+    accept: Mapped[str] = mapped_column(Text, default="")
+    custom_attributes: Mapped[str] = mapped_column(Text, default="")
+    client_inference_id: Mapped[str] = mapped_column(Text, default="")
+    output_location: Mapped[str] = mapped_column(Text)
+    failure_location: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    #: this request's invocation timeout, when it set one (else the endpoint's)
+    timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    replica_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    dispatcher: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    output_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class NotificationRow(Base):
+    """A webhook to deliver (the outbox): written with the result it tells of, retried with
+    backoff by the notifier until delivered or given up."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_state_next_at", "state", "next_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(63), index=True)
+    inference_id: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,610 @@
+"""Async endpoints: the durable queue's dispatcher and the webhook notifier.
+
+Every request the gateway accepted (with 202) ends with exactly one result (``<id>.out`` under the
+output location) or one failure (``<id>.error`` under the failure location), whatever process
+dies on the way:
+
+- the gateway puts each accepted request in the inbox (:mod:`modelyard.inbox`) before it answers;
+  the dispatcher moves inbox entries into the store's queue (a second read of an entry is
+  recognised by its id);
+- a request is claimed (``queued → running``, attempt + 1) with one conditional UPDATE, so two
+  dispatches never share it, and finished the same way (only the dispatch of the current attempt
+  may finish it);
+- the input streams from storage to a replica's ``POST /invocations`` and the answer streams to
+  the output location: no payload is held whole in memory;
+- a replica that dies mid-request puts it back in the queue (up to :data:`MAX_ATTEMPTS`); a
+  control plane that dies leaves requests ``running``, and the next one puts them back when it
+  starts; result and failure files are written whole under fixed names, so a request run twice
+  still leaves one of them;
+- a request still queued after ``request_ttl_s`` fails as expired.
+
+Finishing a request also writes its notifications (an outbox in the same transaction); the
+notifier delivers them, signed (:mod:`modelyard.webhooks`), with retries and backoff, on threads
+of its own so an unreachable receiver never holds up the queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelyard import inbox, storage, webhooks
+from modelyard.controlplane.store.repo import AsyncRecord, NotificationRecord, Store
+from modelyard.errors import ModelyardError
+
+log = logging.getLogger("modelyard.async")
+
+#: Tries of one request whose replica died under it before it fails.
+MAX_ATTEMPTS = 3
+_CHUNK = 1024 * 1024
+_ERROR_BODY_MAX = 64 * 1024
+#: Seconds between a notification's delivery tries (then it is given up).
+NOTIFY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+NOTIFY_TIMEOUT_S = 5.0
+
+
+def locations(spec: dict[str, Any], endpoint: str, state_dir: Path) -> dict[str, str]:
+    """Where an async endpoint's inputs (uploaded with the request), results and failures go."""
+    cfg = spec.get("async") or {}
+    root = f"file://{(state_dir / 'async' / endpoint).resolve()}"
+    output = cfg.get("output_uri") or f"{root}/output"
+    return {
+        "input": f"{root}/input",
+        "output": output,
+        "failure": cfg.get("failure_uri") or output,
+    }
+
+
+def result_uri(prefix: str, inference_id: str) -> str:
+    return storage.join(prefix, f"{inference_id}.out")
+
+
+def failure_uri(prefix: str, inference_id: str) -> str:
+    return storage.join(prefix, f"{inference_id}.error")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """An async endpoint as the dispatcher sees it in one tick."""
+
+    name: str
+    cfg: dict[str, Any]
+    replicas: list[tuple[str, str]]  # (replica id, address) of ready replicas
+
+
+class _Replaced(Exception):
+    """The replica went away under a request: it goes back in the queue."""
+
+
+class AsyncQueue:
+    def __init__(
+        self,
+        store: Store,
+        inbox_dir: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        wake_controller: threading.Event | None = None,
+        max_workers: int = 64,
+    ) -> None:
+        self.store = store
+        self.inbox_dir = inbox_dir
+        self.clock = clock
+        self.wake = threading.Event()
+        self.wake_controller = wake_controller
+        self.dispatcher_id = secrets.token_hex(8)
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="async-dispatch")
+        self._inflight: dict[str, int] = {}  # replica id → requests sent to it
+        self._lock = threading.Lock()
+        self._http = httpx.Client(trust_env=False, timeout=httpx.Timeout(60.0, connect=5.0))
+        self._closing = False
+
+    # start-up ------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Put back requests a previous control plane was running when it stopped."""
+        count = 0
+        with self.store.tx() as repo:
+            for job in repo.list_async(states=("running",), limit=100_000):
+                if job.dispatcher == self.dispatcher_id:
+                    continue
+                # The try it was on does not count: no replica failed it.
+                if repo.update_async_if(
+                    job.id,
+                    "running",
+                    job.attempt,
+                    state="queued",
+                    attempt=max(0, job.attempt - 1),
+                    replica_id=None,
+                    message="the control plane restarted while it ran; queued again",
+                ):
+                    count += 1
+            if count:
+                log.info("requeued %d async requests left running by the last control plane", count)
+        return count
+
+    # one pass ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        if self.ingest() and self.wake_controller is not None:
+            self.wake_controller.set()  # scale from zero now, not at the next interval
+        self.expire()
+        self.dispatch()
+
+    def ingest(self) -> int:
+        """Move inbox entries into the queue; returns how many were new."""
+        added = 0
+        for path, entry in inbox.entries(self.inbox_dir):
+            with self.store.tx() as repo:
+                endpoint = repo.get_endpoint(entry["endpoint"])
+                rev = (
+                    repo.get_revision(endpoint.name, endpoint.target_revision)
+                    if endpoint is not None
+                    else None
+                )
+                ttl = float((rev.spec.get("async") or {}).get("request_ttl_s", 21600)) if rev else 0
+                if entry.get("request_ttl_s"):
+                    ttl = float(entry["request_ttl_s"])
+                received = float(entry["received_at"])
+                new = repo.add_async(
+                    id=entry["id"],
+                    endpoint=entry["endpoint"],
+                    input_uri=entry["input_uri"],
+                    input_owned=bool(entry.get("input_owned")),
+                    input_bytes=entry.get("input_bytes"),
+                    content_type=entry.get("content_type", ""),
+                    accept=entry.get("accept", ""),
+                    custom_attributes=entry.get("custom_attributes", ""),
+                    client_inference_id=entry.get("client_inference_id", ""),
+                    output_location=entry["output_location"],
+                    failure_location=entry["failure_location"],
+                    created_at=received,
+                    expires_at=received + ttl,
+                    timeout_s=entry.get("invocation_timeout_s"),
+                )
+                if new and endpoint is not None:
+                    repo.touch_endpoints([endpoint.name], self.clock())
+            if new:
+                added += 1
+                if endpoint is None or endpoint.deleting:
+                    job = self._get(entry["id"])
+                    if job is not None:
+                        self._fail(job, job.attempt, "the endpoint was deleted before it ran")
+            inbox.done(path)
+        return added
+
+    def expire(self) -> None:
+        now = self.clock()
+        with self.store.tx() as repo:
+            stale = [
+                j for j in repo.list_async(states=("queued",), limit=1000) if j.expires_at <= now
+            ]
+        for job in stale:
+            waited = now - job.created_at
+            self._fail(
+                job,
+                job.attempt,
+                f"expired: still queued after {waited:.0f} s (the endpoint's request_ttl_s is "
+                f"{job.expires_at - job.created_at:.0f} s)",
+                state="queued",
+            )
+
+    def _targets(self) -> list[_Target]:
+        targets = []
+        with self.store.tx() as repo:
+            for endpoint in repo.list_endpoints():
+                if endpoint.deleting or endpoint.active_revision is None:
+                    continue
+                rev = repo.get_revision(endpoint.name, endpoint.active_revision)
+                if rev is None or rev.spec.get("type") != "async":
+                    continue
+                ready = [
+                    (r.id, r.address)
+                    for r in repo.list_replicas(endpoint.name)
+                    if r.state == "ready" and r.revision == rev.number and r.address
+                ]
+                targets.append(_Target(endpoint.name, rev.spec["async"], ready))
+        return targets
+
+    def dispatch(self) -> None:
+        for target in self._targets():
+            per_replica = int(target.cfg["max_concurrent_invocations_per_instance"])
+            with self._lock:
+                free = {rid: per_replica - self._inflight.get(rid, 0) for rid, _ in target.replicas}
+            room = sum(max(0, n) for n in free.values())
+            if room <= 0:
+                continue
+            with self.store.tx() as repo:
+                queued = repo.list_async(target.name, ("queued",), limit=room)
+            addresses = dict(target.replicas)
+            for job in queued:
+                rid = max(free, key=lambda r: free[r])
+                if free[rid] <= 0:
+                    break
+                attempt = job.attempt + 1
+                with self.store.tx() as repo:
+                    claimed = repo.update_async_if(
+                        job.id,
+                        "queued",
+                        job.attempt,
+                        state="running",
+                        attempt=attempt,
+                        started_at=self.clock(),
+                        replica_id=rid,
+                        dispatcher=self.dispatcher_id,
+                    )
+                if not claimed:
+                    continue
+                free[rid] -= 1
+                with self._lock:
+                    self._inflight[rid] = self._inflight.get(rid, 0) + 1
+                self._pool.submit(self._run, job, attempt, rid, addresses[rid], dict(target.cfg))
+
+    # one request ---------------------------------------------------------------------------
+    def _run(
+        self, job: AsyncRecord, attempt: int, rid: str, address: str, cfg: dict[str, Any]
+    ) -> None:
+        try:
+            self._invoke(job, attempt, address, cfg)
+        except Exception as exc:
+            if self._closing:
+                pass  # the server stops: the request stays running; the next start requeues it
+            elif isinstance(exc, _Replaced):
+                self._requeue(job, attempt, str(exc))
+            else:  # a defect: fail the request rather than lose it
+                log.exception("async request %s failed unexpectedly", job.id)
+                self._fail(job, attempt, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                left = self._inflight.get(rid, 1) - 1
+                if left > 0:
+                    self._inflight[rid] = left
+                else:
+                    self._inflight.pop(rid, None)
+            self.wake.set()
+
+    def _invoke(self, job: AsyncRecord, attempt: int, address: str, cfg: dict[str, Any]) -> None:
+        timeout_s = float(job.timeout_s or cfg["invocation_timeout_s"])
+        try:
+            source = storage.open_read(job.input_uri)
+        except (OSError, ValueError, ModelyardError) as exc:
+            self._fail(job, attempt, f"cannot read the input at {job.input_uri}: {exc}")
+            return
+        deadline = time.monotonic() + timeout_s
+        headers = {"content-type": job.content_type or "application/json"}
+        if job.accept:
+            headers["accept"] = job.accept
+        if job.custom_attributes:
+            headers["x-amzn-sagemaker-custom-attributes"] = job.custom_attributes
+        headers["x-amzn-sagemaker-inference-id"] = job.client_inference_id or job.id
+        if job.input_bytes is not None:
+            headers["content-length"] = str(job.input_bytes)
+        read_error: list[BaseException] = []
+
+        def body() -> Iterator[bytes]:
+            try:
+                while chunk := source.read(_CHUNK):
+                    yield chunk
+            except OSError as exc:
+                read_error.append(exc)
+                raise
+
+        out_uri = result_uri(job.output_location, job.id)
+        try:
+            with (
+                source,
+                self._http.stream(
+                    "POST",
+                    f"{address}/invocations",
+                    content=body(),
+                    headers=headers,
+                    timeout=httpx.Timeout(timeout_s, connect=5.0),
+                ) as resp,
+            ):
+                if resp.status_code >= 300:
+                    detail = _error_detail(resp)
+                    self._fail(job, attempt, f"the model answered {resp.status_code}: {detail}")
+                    return
+                size = 0
+                with storage.atomic_write(out_uri) as sink:
+                    for chunk in resp.iter_bytes(_CHUNK):
+                        sink.write(chunk)
+                        size += len(chunk)
+                        if time.monotonic() > deadline:
+                            raise httpx.ReadTimeout("deadline")
+                content_type = resp.headers.get("content-type", "")
+        except httpx.TimeoutException:
+            storage.remove(out_uri)
+            self._fail(job, attempt, f"the model did not answer within {timeout_s:g} s")
+            return
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            if read_error:
+                self._fail(
+                    job, attempt, f"cannot read the input at {job.input_uri}: {read_error[0]}"
+                )
+                return
+            raise _Replaced(f"the replica went away while it ran ({type(exc).__name__})") from exc
+        except OSError as exc:
+            self._fail(job, attempt, f"cannot write the result to {out_uri}: {exc}")
+            return
+        self._succeed(job, attempt, size, content_type)
+
+    # finishing -----------------------------------------------------------------------------
+    def _get(self, inference_id: str) -> AsyncRecord | None:
+        with self.store.tx() as repo:
+            return repo.get_async(inference_id)
+
+    def _succeed(self, job: AsyncRecord, attempt: int, size: int, content_type: str) -> None:
+        # A failure file from an earlier attempt would make two outcomes: remove it first.
+        storage.remove(failure_uri(job.failure_location, job.id))
+        now = self.clock()
+        inline = self._inline(job, size)
+        with self.store.tx() as repo:
+            if not repo.update_async_if(
+                job.id,
+                "running",
+                attempt,
+                state="succeeded",
+                finished_at=now,
+                output_bytes=size,
+                message="",
+            ):
+                return
+            self._notify(repo, job, "Completed", now, content_type=content_type, inline=inline)
+            repo.touch_endpoints([job.endpoint], now)
+        self._drop_input(job)
+
+    def _fail(self, job: AsyncRecord, attempt: int, reason: str, state: str = "running") -> None:
+        now = self.clock()
+        storage.remove(result_uri(job.output_location, job.id))
+        error = {
+            "inferenceId": job.id,
+            "endpointName": job.endpoint,
+            "failureReason": reason,
+            "inputLocation": job.input_uri,
+            "receivedTime": _iso(job.created_at),
+            "failedTime": _iso(now),
+        }
+        try:
+            with storage.atomic_write(failure_uri(job.failure_location, job.id)) as sink:
+                sink.write(json.dumps(error, indent=2).encode() + b"\n")
+        except (OSError, ValueError, ModelyardError) as exc:
+            log.error("cannot write the failure of %s: %s", job.id, exc)
+            reason += f" (and the failure file could not be written: {exc})"
+        with self.store.tx() as repo:
+            if not repo.update_async_if(
+                job.id, state, attempt, state="failed", finished_at=now, message=reason
+            ):
+                return
+            self._notify(repo, job, "Failed", now, reason=reason)
+            repo.touch_endpoints([job.endpoint], now)
+        self._drop_input(job)
+
+    def _requeue(self, job: AsyncRecord, attempt: int, reason: str) -> None:
+        if attempt >= MAX_ATTEMPTS:
+            self._fail(job, attempt, f"{reason}; gave up after {attempt} tries")
+            return
+        with self.store.tx() as repo:
+            repo.update_async_if(
+                job.id,
+                "running",
+                attempt,
+                state="queued",
+                replica_id=None,
+                message=f"{reason}; queued again (try {attempt} of {MAX_ATTEMPTS})",
+            )
+        self.wake.set()
+
+    def _drop_input(self, job: AsyncRecord) -> None:
+        if job.input_owned:
+            with contextlib.suppress(OSError, ValueError, ModelyardError):
+                storage.remove(job.input_uri)
+
+    def _inline(self, job: AsyncRecord, size: int) -> bytes | None:
+        """The result, for a notification that carries it (small results, when asked)."""
+        with self.store.tx() as repo:
+            endpoint = repo.get_endpoint(job.endpoint)
+            rev = (
+                repo.get_revision(job.endpoint, endpoint.active_revision)
+                if endpoint is not None and endpoint.active_revision is not None
+                else None
+            )
+        cfg = (rev.spec.get("async") or {}) if rev else {}
+        notifications = cfg.get("notifications") or {}
+        limit = int(notifications.get("include_response_inline_max_kb", 0)) * 1024
+        if not notifications.get("success") or size > limit:
+            return None
+        with storage.open_read(result_uri(job.output_location, job.id)) as fh:
+            data: bytes = fh.read(limit + 1)
+        return data if len(data) <= limit else None
+
+    def _notify(
+        self,
+        repo: Any,
+        job: AsyncRecord,
+        status: str,
+        now: float,
+        *,
+        content_type: str = "",
+        inline: bytes | None = None,
+        reason: str = "",
+    ) -> None:
+        endpoint = repo.get_endpoint(job.endpoint)
+        if endpoint is None or endpoint.active_revision is None:
+            return
+        rev = repo.get_revision(job.endpoint, endpoint.active_revision)
+        notifications = ((rev.spec.get("async") or {}) if rev else {}).get("notifications") or {}
+        urls = notifications.get("success" if status == "Completed" else "error") or []
+        if not urls:
+            return
+        message: dict[str, Any] = {
+            "eventVersion": "1.0",
+            "eventSource": "modelyard",
+            "eventName": "InferenceResult",
+            "eventTime": _iso(now),
+            "receivedTime": _iso(job.created_at),
+            "invocationStatus": status,
+            "inferenceId": job.id,
+            "endpointName": job.endpoint,
+            "requestParameters": {
+                "contentType": job.content_type,
+                "inputLocation": job.input_uri,
+                "customAttributes": job.custom_attributes,
+                "clientInferenceId": job.client_inference_id,
+            },
+        }
+        if status == "Completed":
+            message["responseParameters"] = {
+                "contentType": content_type,
+                "outputLocation": result_uri(job.output_location, job.id),
+            }
+            if inline is not None:
+                message["responseBody"] = {
+                    "content": base64.b64encode(inline).decode(),
+                    "encoding": "BASE64",
+                }
+        else:
+            message["failureReason"] = reason
+            message["failureLocation"] = failure_uri(job.failure_location, job.id)
+        body = json.dumps(message)
+        for url in urls:
+            repo.add_notification(job.endpoint, job.id, str(url), body, now)
+
+    # the loop ------------------------------------------------------------------------------
+    def run(self, stop: threading.Event, interval_s: float) -> None:
+        try:
+            self.recover()
+        except ModelyardError as exc:
+            log.error("could not requeue the last control plane's async requests: %s", exc)
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep the dispatcher alive; the next tick retries
+                log.exception("async dispatch tick failed")
+            self.wake.wait(interval_s)
+            self.wake.clear()
+
+    def close(self) -> None:
+        self._closing = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _error_detail(resp: httpx.Response) -> str:
+    data = b""
+    for chunk in resp.iter_bytes():
+        data += chunk
+        if len(data) >= _ERROR_BODY_MAX:
+            break
+    text = data[:_ERROR_BODY_MAX].decode("utf-8", "replace")
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        parsed = json.loads(text)
+        return str(parsed["error"]["message"])
+    return text.strip() or "(no body)"
+
+
+class Notifier:
+    """Delivers the notification outbox: signed, retried with backoff, never blocking."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        backoff_s: tuple[float, ...] = NOTIFY_BACKOFF_S,
+        workers: int = 8,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.backoff_s = backoff_s
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="webhook")
+        self._busy: set[int] = set()
+        self._lock = threading.Lock()
+        self._http = httpx.Client(trust_env=False, timeout=NOTIFY_TIMEOUT_S)
+        self._secrets: dict[str, str] = {}
+
+    def tick(self) -> None:
+        now = self.clock()
+        with self.store.tx() as repo:
+            due = repo.due_notifications(now, 64)
+            for note in due:
+                if note.endpoint not in self._secrets:
+                    endpoint = repo.get_endpoint(note.endpoint)
+                    self._secrets[note.endpoint] = endpoint.webhook_secret if endpoint else ""
+        for note in due:
+            with self._lock:
+                if note.id in self._busy:
+                    continue
+                self._busy.add(note.id)
+            self._pool.submit(self._deliver, note, self._secrets[note.endpoint])
+
+    def _deliver(self, note: NotificationRecord, secret: str) -> None:
+        try:
+            body = note.body.encode()
+            headers = {
+                "content-type": "application/json",
+                "user-agent": "modelyard-webhooks",
+                webhooks.SIGNATURE_HEADER: webhooks.sign(secret, body),
+                "x-modelyard-delivery": str(note.id),
+            }
+            try:
+                resp = self._http.post(note.url, content=body, headers=headers)
+                error = "" if resp.is_success else f"answered {resp.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self._record(note, error)
+        except Exception:
+            log.exception("delivering notification %d failed", note.id)
+        finally:
+            with self._lock:
+                self._busy.discard(note.id)
+
+    def _record(self, note: NotificationRecord, error: str) -> None:
+        now = self.clock()
+        attempts = note.attempts + 1
+        with self.store.tx() as repo:
+            if not error:
+                repo.update_notification(note.id, state="delivered", attempts=attempts)
+                return
+            if attempts >= len(self.backoff_s) + 1:
+                repo.update_notification(
+                    note.id, state="failed", attempts=attempts, last_error=error
+                )
+                repo.add_event(
+                    note.endpoint,
+                    f"webhook {note.url} for {note.inference_id} given up after {attempts} "
+                    f"tries: {error}",
+                    now,
+                )
+                return
+            repo.update_notification(
+                note.id,
+                attempts=attempts,
+                last_error=error,
+                next_at=now + self.backoff_s[attempts - 1],
+            )
+
+    def run(self, stop: threading.Event, interval_s: float) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("notifier tick failed")
+            stop.wait(interval_s)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
