@@ -11,6 +11,7 @@
     │   ├── ConflictError               conflict            409
     │   ├── PayloadTooLargeError        payload_too_large   413
     │   ├── AuthError                   unauthorized        401
+    │   ├── ThrottledError              throttled           429   (over a concurrency cap)
     │   └── MissingDependencyError      missing_dependency  400   (names the extra to install)
     └── PlatformError                   platform_error      500
         ├── ModelInvocationError        model_error         424   (the model raised)
@@ -91,6 +92,11 @@ class PayloadTooLargeError(UserError):
 class AuthError(UserError):
     code = "unauthorized"
     http_status = 401
+
+
+class ThrottledError(UserError):
+    code = "throttled"
+    http_status = 429
 
 
 class MissingDependencyError(UserError):

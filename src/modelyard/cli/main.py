@@ -285,10 +285,41 @@ def invoke(
     accept: Annotated[str | None, typer.Option(help="Response encoding")] = None,
     variant: Annotated[str | None, typer.Option(help="Invoke this variant")] = None,
     custom_attributes: Annotated[str | None, typer.Option(help="Passed to the model")] = None,
+    is_async: Annotated[
+        bool,
+        typer.Option(
+            "--async",
+            help="Queue the request on an async endpoint (the file is streamed, up to 1 GB)",
+        ),
+    ] = False,
+    input_location: Annotated[
+        str | None,
+        typer.Option(help="--async: a storage URI holding the payload (instead of a body)"),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="--async: wait for the result and say where it is")
+    ] = False,
     url: Url = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Invoke an endpoint through the gateway and print the answer."""
+    """Invoke an endpoint through the gateway and print the answer (with --async: queue it and
+    print its inference id and where its result will be)."""
+    if is_async:
+        _invoke_async(
+            endpoint,
+            body,
+            file,
+            input_location,
+            content_type,
+            accept,
+            custom_attributes,
+            wait,
+            url,
+            state_dir,
+        )
+        return
+    if input_location is not None or wait:
+        raise typer.BadParameter("--input-location and --wait go with --async")
     if (body is None) == (file is None):
         raise typer.BadParameter("give exactly one of --body and --file")
     if file is not None:
@@ -309,6 +340,88 @@ def invoke(
     else:
         sys.stdout.buffer.write(result.body)
     err.print(f"(variant {result.variant})", style="dim")
+
+
+def _invoke_async(
+    endpoint: str,
+    body: str | None,
+    file: Path | None,
+    input_location: str | None,
+    content_type: str,
+    accept: str | None,
+    custom_attributes: str | None,
+    wait: bool,
+    url: str | None,
+    state_dir: Path | None,
+) -> None:
+    if body is not None and file is not None:
+        raise typer.BadParameter("give at most one of --body and --file")
+    payload: Any = None
+    if file is not None:
+        payload = sys.stdin.buffer if str(file) == "-" else file
+    elif body is not None:
+        payload = body.encode()
+    if payload is None and input_location is None:
+        raise typer.BadParameter("give --body, --file or --input-location")
+    with _client(url, state_dir) as client:
+        queued = client.invoke_async(
+            endpoint,
+            payload,
+            input_location=input_location,
+            content_type=content_type,
+            accept=accept,
+            custom_attributes=custom_attributes,
+        )
+        out.print(f"inference id: {queued['inference_id']}", markup=False)
+        out.print(f"output:       {queued['output_location']}", markup=False)
+        out.print(f"failure:      {queued['failure_location']}", markup=False)
+        if not wait:
+            return
+        view = client.wait_async(endpoint, queued["inference_id"])
+    if view["status"] == "Completed":
+        out.print(f"Completed: {view['output_location']}", markup=False)
+        return
+    err.print(f"Failed: {view.get('failure_reason', '')}", markup=False)
+    raise typer.Exit(1)
+
+
+async_app = typer.Typer(help="Requests queued on async endpoints.", no_args_is_help=True)
+app.add_typer(async_app, name="async")
+
+
+@async_app.command("get")
+def async_get(
+    endpoint: Annotated[str, typer.Argument()],
+    inference_id: Annotated[str, typer.Argument()],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until it is done")] = False,
+    output_format: Output = Format.table,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Show one async request: its status, where its result or failure is, and why."""
+    with _client(url, state_dir) as client:
+        if wait:
+            view = client.wait_async(endpoint, inference_id)
+        else:
+            view = client.async_invocation(endpoint, inference_id)
+    if not dump(view, output_format):
+        dump({k: v for k, v in view.items() if v not in (None, "")}, Format.yaml)
+
+
+@async_app.command("list")
+def async_list(
+    endpoint: Annotated[str, typer.Argument()],
+    status: Annotated[str | None, typer.Option(help="Queued, Running, Completed or Failed")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first")] = 50,
+    output_format: Output = Format.table,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """List an async endpoint's requests, newest first."""
+    with _client(url, state_dir) as client:
+        items = client.list_async_invocations(endpoint, status=status, limit=limit)
+    if not dump(items, output_format):
+        output.async_table(items)
 
 
 @app.command()

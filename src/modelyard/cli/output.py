@@ -92,11 +92,45 @@ def describe_endpoint(view: dict[str, Any]) -> None:
         markup=False,
     )
     out.print(f"  Revision:   {view['revision']} (serving: {view['active_revision'] or '-'})")
-    out.print(f"  URL:        {view['url']}", markup=False)
+    spec = view.get("spec") or {}
+    kind = spec.get("type", "realtime")
+    out.print(f"  Type:       {kind}", markup=False)
+    if kind == "async":
+        out.print(f"  URL:        {view['async_url']}", markup=False)
+    else:
+        out.print(f"  URL:        {view['url']}", markup=False)
     out.print(
         f"  Invocations: {view['invocations']}  "
         f"4xx: {view['errors_4xx']}  5xx: {view['errors_5xx']}"
     )
+    if kind == "serverless":
+        cfg, st = spec["serverless"], view.get("serverless_status") or {}
+        avg = st.get("cold_start_ms_avg")
+        out.print(
+            f"  Serverless: {cfg['memory_mb']} MB, max concurrency {cfg['max_concurrency']}, "
+            f"provisioned {cfg['provisioned_concurrency']}, idle timeout {cfg['idle_timeout_s']} s",
+            markup=False,
+        )
+        out.print(
+            f"  Cold starts: {st.get('cold_starts', 0)}"
+            + (f" (held {avg:g} ms on average)" if avg is not None else ""),
+            markup=False,
+        )
+    if kind == "async":
+        st = view.get("async_status") or {}
+        age = st.get("oldest_queued_age_s")
+        out.print(
+            f"  Queue:      {st.get('queued', 0)} queued, {st.get('running', 0)} running, "
+            f"{st.get('succeeded', 0)} succeeded, {st.get('failed', 0)} failed"
+            + (f"; oldest queued {age:.1f} s ago" if age is not None else ""),
+            markup=False,
+        )
+        where = st.get("locations") or {}
+        if where:
+            out.print(f"  Results:    {where['output']}", markup=False)
+            if where["failure"] != where["output"]:
+                out.print(f"  Failures:   {where['failure']}", markup=False)
+        out.print(f"  Webhook secret: {st.get('webhook_secret', '')}", markup=False)
     out.print("  Variants:")
     for v in view["variants"]:
         batching = v.get("batching")
@@ -129,3 +163,20 @@ def describe_endpoint(view: dict[str, Any]) -> None:
     for event in view["events"]:
         stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
         out.print(f"    {stamp}  {event['message']}", markup=False)
+
+
+def async_table(items: list[dict[str, Any]]) -> None:
+    table = Table(box=None, header_style="bold")
+    for column in ("INFERENCE ID", "STATUS", "RECEIVED", "TRIES", "DETAIL"):
+        table.add_column(column)
+    for item in items:
+        received = item.get("received_at")
+        detail = item.get("output_location") or item.get("failure_reason") or item.get("message")
+        table.add_row(
+            item["inference_id"],
+            item["status"],
+            time.strftime("%H:%M:%S", time.localtime(received)) if received else "-",
+            str(item.get("attempts", 0)),
+            detail or "",
+        )
+    out.print(table)

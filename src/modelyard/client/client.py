@@ -7,13 +7,14 @@ says otherwise). ``MODELYARD_URL``, ``MODELYARD_GATEWAY_URL`` and ``MODELYARD_TO
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -237,6 +238,110 @@ class Client:
             custom_attributes=resp.headers.get("x-amzn-sagemaker-custom-attributes"),
         )
 
+    def invoke_async(
+        self,
+        endpoint: str,
+        body: bytes | str | Path | BinaryIO | None = None,
+        *,
+        input_location: str | None = None,
+        content_type: str = "application/json",
+        accept: str | None = None,
+        custom_attributes: str | None = None,
+        inference_id: str | None = None,
+        request_ttl_s: int | None = None,
+        invocation_timeout_s: int | None = None,
+    ) -> dict[str, str]:
+        """Queue a request on an async endpoint (SageMaker Runtime's InvokeEndpointAsync).
+
+        The payload is ``body`` (a path or an open binary file is streamed, never read whole),
+        or what is stored at ``input_location`` (a storage URI the server can read); with both,
+        ``body`` is stored there first. Returns ``{"inference_id", "output_location",
+        "failure_location"}``; follow it with :meth:`async_invocation` or :meth:`wait_async`.
+        """
+        if not self.gateway_url:
+            raise UserError("no gateway URL known: pass gateway_url or set MODELYARD_GATEWAY_URL")
+        if body is None and input_location is None:
+            raise UserError("give a body, an input_location, or both")
+        headers = {"X-Amzn-SageMaker-Content-Type": content_type}
+        optional = {
+            "X-Amzn-SageMaker-Accept": accept,
+            "X-Amzn-SageMaker-Custom-Attributes": custom_attributes,
+            "X-Amzn-SageMaker-Inference-Id": inference_id,
+            "X-Amzn-SageMaker-InputLocation": input_location,
+            "X-Amzn-SageMaker-RequestTTLSeconds": request_ttl_s,
+            "X-Amzn-SageMaker-InvocationTimeoutSeconds": invocation_timeout_s,
+        }
+        headers.update({k: str(v) for k, v in optional.items() if v is not None})
+        if self.invoke_token:
+            headers["Authorization"] = f"Bearer {self.invoke_token}"
+        url = f"{self.gateway_url}/endpoints/{endpoint}/async-invocations"
+        with contextlib.ExitStack() as stack:
+            content: Any
+            if isinstance(body, Path):
+                headers["Content-Length"] = str(body.stat().st_size)
+                content = _chunks(stack.enter_context(open(body, "rb")))
+            elif isinstance(body, str):
+                content = body.encode()
+            elif isinstance(body, bytes) or body is None:
+                content = body or b""
+            else:
+                content = _chunks(body)
+            try:
+                resp = httpx.post(
+                    url,
+                    content=content,
+                    headers=headers,
+                    timeout=httpx.Timeout(self._http.timeout.read, write=None),
+                    trust_env=False,
+                )
+            except httpx.HTTPError as exc:
+                raise PlatformError(
+                    f"cannot reach the gateway at {self.gateway_url}: {exc}"
+                ) from exc
+        if resp.status_code >= 300:
+            raise _invoke_error(resp)
+        data = resp.json()
+        return {
+            "inference_id": data["InferenceId"],
+            "output_location": resp.headers.get("x-amzn-sagemaker-outputlocation", ""),
+            "failure_location": resp.headers.get("x-amzn-sagemaker-failurelocation", ""),
+        }
+
+    def async_invocation(self, endpoint: str, inference_id: str) -> dict[str, Any]:
+        """One async request: status (Queued, Running, Completed, Failed), locations, reason."""
+        return dict(
+            self._call("GET", f"/api/v1/endpoints/{endpoint}/async-invocations/{inference_id}")
+        )
+
+    def list_async_invocations(
+        self, endpoint: str, *, status: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        page = self._call("GET", f"/api/v1/endpoints/{endpoint}/async-invocations", params=params)
+        return list(page["items"])
+
+    def wait_async(
+        self, endpoint: str, inference_id: str, *, timeout_s: float = 3600
+    ) -> dict[str, Any]:
+        """Poll until the request is Completed or Failed; returns its status."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            view = self.async_invocation(endpoint, inference_id)
+            if view["status"] in ("Completed", "Failed"):
+                return view
+            if time.monotonic() > deadline:
+                raise PlatformError(
+                    f"async request {inference_id} is still {view['status']} after {timeout_s:g} s"
+                )
+            time.sleep(0.2)  # polling the control plane
+
+
+def _chunks(fh: BinaryIO, size: int = 1024 * 1024) -> Iterator[bytes]:
+    while chunk := fh.read(size):
+        yield chunk
+
 
 def _invoke_error(resp: httpx.Response) -> ModelyardError:
     from modelyard import errors
@@ -252,6 +357,7 @@ def _invoke_error(resp: httpx.Response) -> ModelyardError:
         404: errors.NotFoundError,
         413: errors.PayloadTooLargeError,
         424: errors.ModelInvocationError,
+        429: errors.ThrottledError,
         503: errors.CapacityError,
         504: errors.InvocationTimeoutError,
     }

@@ -198,13 +198,16 @@ class Gateway:
     # requests --------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Answer:
         path = request.path
-        if path.startswith("/endpoints/") and path.endswith("/invocations"):
-            if request.method != "POST":
-                return _error(405, sm.VALIDATION, "use POST")
-            name = path[len("/endpoints/") : -len("/invocations")]
-            if name.endswith("/async-"):  # /endpoints/{name}/async-invocations
-                return await self._invoke_async(name[: -len("/async-")], request)
-            return await self._invoke(name, request)
+        if path.startswith("/endpoints/"):
+            if path.endswith("/invocations"):
+                if request.method != "POST":
+                    return _error(405, sm.VALIDATION, "use POST")
+                return await self._invoke(path[len("/endpoints/") : -len("/invocations")], request)
+            if path.endswith("/async-invocations"):
+                if request.method != "POST":
+                    return _error(405, sm.VALIDATION, "use POST")
+                name = path[len("/endpoints/") : -len("/async-invocations")]
+                return await self._invoke_async(name, request)
         if path in ("/ping", "/healthz"):
             return 200, _JSON_HEADERS, b'{"status":"ok"}'
         return _error(404, sm.VALIDATION, f"no route for {path}")
