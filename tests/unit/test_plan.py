@@ -11,6 +11,7 @@ import pytest
 from modelyard.controlplane.reconcile.plan import (
     LOAD_ERROR_EXIT,
     Action,
+    Activity,
     DeleteEndpoint,
     FailReplica,
     Forget,
@@ -508,3 +509,94 @@ def test_replica_within_its_limit_or_without_one_is_left_alone(
 ) -> None:
     observed = {"r1": Observation(exit_code=None, ready=False, memory_mb=used)}
     assert run(endpoint(1, 1), [_limited(limit)], [replica("r1")], observed) == []
+
+
+# -- serverless and async: scale to and from zero ------------------------------------------------
+
+
+def typed_revision(kind: str, count: int = 1, **cfg: Any) -> RevisionRecord:
+    rev = revision(1, variant(count=count))
+    spec: dict[str, Any] = {**rev.spec, "type": kind}
+    if kind == "serverless":
+        spec["serverless"] = {
+            "memory_mb": 1024,
+            "max_concurrency": 20,
+            "provisioned_concurrency": 0,
+            "idle_timeout_s": 60,
+            **cfg,
+        }
+    else:
+        spec["async"] = {"idle_timeout_s": 60, **cfg}
+    return replace(rev, spec=spec)
+
+
+def run_with(
+    rev: RevisionRecord,
+    replicas: Sequence[ReplicaRecord],
+    now: float,
+    activity: Activity,
+    ep: EndpointRecord | None = None,
+) -> list[Action]:
+    observed = {r.id: READY if r.state == "ready" else RUNNING for r in replicas}
+    ep = ep or endpoint(active=1)
+    return plan(ep, {1: rev}, replicas, observed, now, CFG, activity)
+
+
+@pytest.mark.parametrize(
+    ("last_request_at", "now", "stops"),
+    [
+        (None, 59.0, False),  # within the idle timeout of the endpoint's last change (t=0)
+        (None, 61.0, True),  # idle since creation
+        (100.0, 159.0, False),  # a request 59 s ago
+        (100.0, 161.0, True),  # idle for the timeout: scale to zero
+    ],
+)
+def test_serverless_scales_to_zero_after_its_idle_timeout(
+    last_request_at: float | None, now: float, stops: bool
+) -> None:
+    rev = typed_revision("serverless")
+    actions = run_with(rev, [replica("r1")], now, Activity(last_request_at))
+    assert actions == ([Stop("r1")] if stops else [])
+
+
+def test_serverless_at_zero_starts_a_replica_when_a_request_arrives() -> None:
+    rev = typed_revision("serverless", count=2)
+    assert run_with(rev, [], 500.0, Activity(499.9)) == [StartNew(1, "v"), StartNew(1, "v")]
+    assert run_with(rev, [], 500.0, Activity(100.0)) == []  # idle: stays at zero
+
+
+def test_serverless_keeps_its_provisioned_replicas_warm_when_idle() -> None:
+    rev = typed_revision("serverless", count=1, provisioned_concurrency=2)
+    assert run_with(rev, [], 500.0, Activity(None)) == [StartNew(1, "v"), StartNew(1, "v")]
+    reps = [replica("r1"), replica("r2")]
+    assert run_with(rev, reps, 500.0, Activity(None)) == []
+
+
+def test_serverless_creation_starts_a_replica_to_prove_the_model_loads() -> None:
+    rev = typed_revision("serverless")
+    assert run_with(rev, [], 10.0, Activity(None), endpoint()) == [StartNew(1, "v")]
+
+
+@pytest.mark.parametrize(
+    ("backlog", "last_request_at", "now", "wanted"),
+    [
+        (3, None, 1000.0, 2),  # work queued: scale from zero to instance_count
+        (0, 990.0, 1000.0, 2),  # queue empty for 10 s: still within the idle timeout
+        (0, 900.0, 1000.0, 0),  # queue empty for 100 s: scale to zero
+    ],
+)
+def test_async_scales_on_its_backlog(
+    backlog: int, last_request_at: float | None, now: float, wanted: int
+) -> None:
+    rev = typed_revision("async", count=2)
+    actions = run_with(rev, [], now, Activity(last_request_at, backlog))
+    assert actions == [StartNew(1, "v")] * wanted
+
+
+def test_serverless_memory_limit_is_its_memory_size() -> None:
+    rev = typed_revision("serverless", memory_mb=1024)
+    big = Observation(exit_code=None, ready=False, memory_mb=1500.0)
+    actions = plan(
+        endpoint(active=1), {1: rev}, [replica("r1")], {"r1": big}, 10.0, CFG, Activity(9.0)
+    )
+    assert actions == [KillOverMemory("r1", 1500.0, 1024)]

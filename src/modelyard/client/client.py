@@ -110,7 +110,10 @@ class Client:
     # resources
     def apply(self, documents: list[Document] | list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Create or update resources; returns what happened to each."""
-        raws = [d if isinstance(d, dict) else d.model_dump(mode="json") for d in documents]
+        raws = [
+            d if isinstance(d, dict) else d.model_dump(mode="json", by_alias=True)
+            for d in documents
+        ]
         return list(self._call("POST", "/api/v1/apply", json={"documents": raws})["results"])
 
     def apply_file(self, path: str | Path) -> list[dict[str, Any]]:
