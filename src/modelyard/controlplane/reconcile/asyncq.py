@@ -54,6 +54,8 @@ _ERROR_BODY_MAX = 64 * 1024
 #: Seconds between a notification's delivery tries (then it is given up).
 NOTIFY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 NOTIFY_TIMEOUT_S = 5.0
+#: How long a replica that dropped a request is left out of dispatch.
+GONE_FOR_S = 5.0
 
 
 def locations(spec: dict[str, Any], endpoint: str, state_dir: Path) -> dict[str, str]:
@@ -90,7 +92,12 @@ class _Target:
 
 
 class _Replaced(Exception):
-    """The replica went away under a request: it goes back in the queue."""
+    """The replica went away under a request (or before it): it goes back in the queue."""
+
+    def __init__(self, message: str, *, reached: bool) -> None:
+        super().__init__(message)
+        #: whether the request reached the replica (a try is used up only then)
+        self.reached = reached
 
 
 class AsyncQueue:
@@ -111,6 +118,9 @@ class AsyncQueue:
         self.dispatcher_id = secrets.token_hex(8)
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="async-dispatch")
         self._inflight: dict[str, int] = {}  # replica id → requests sent to it
+        #: replicas found gone (address → until when): skipped for a while, time for the
+        #: controller to notice and replace them, instead of burning requests' tries on them
+        self._gone: dict[str, float] = {}
         self._lock = threading.Lock()
         self._http = httpx.Client(trust_env=False, timeout=httpx.Timeout(60.0, connect=5.0))
         self._closing = False
@@ -204,6 +214,8 @@ class AsyncQueue:
             )
 
     def _targets(self) -> list[_Target]:
+        now = time.monotonic()
+        self._gone = {a: until for a, until in self._gone.items() if until > now}
         targets = []
         with self.store.tx() as repo:
             for endpoint in repo.list_endpoints():
@@ -215,7 +227,10 @@ class AsyncQueue:
                 ready = [
                     (r.id, r.address)
                     for r in repo.list_replicas(endpoint.name)
-                    if r.state == "ready" and r.revision == rev.number and r.address
+                    if r.state == "ready"
+                    and r.revision == rev.number
+                    and r.address
+                    and r.address not in self._gone
                 ]
                 targets.append(_Target(endpoint.name, rev.spec["async"], ready))
         return targets
@@ -264,7 +279,8 @@ class AsyncQueue:
             if self._closing:
                 pass  # the server stops: the request stays running; the next start requeues it
             elif isinstance(exc, _Replaced):
-                self._requeue(job, attempt, str(exc))
+                self._gone[address] = time.monotonic() + GONE_FOR_S
+                self._requeue(job, attempt, str(exc), counts=exc.reached)
             else:  # a defect: fail the request rather than lose it
                 log.exception("async request %s failed unexpectedly", job.id)
                 self._fail(job, attempt, f"internal error: {type(exc).__name__}: {exc}")
@@ -337,7 +353,11 @@ class AsyncQueue:
                     job, attempt, f"cannot read the input at {job.input_uri}: {read_error[0]}"
                 )
                 return
-            raise _Replaced(f"the replica went away while it ran ({type(exc).__name__})") from exc
+            if isinstance(exc, httpx.ConnectError):
+                raise _Replaced("the replica could not be reached", reached=False) from exc
+            raise _Replaced(
+                f"the replica went away while it ran ({type(exc).__name__})", reached=True
+            ) from exc
         except OSError as exc:
             self._fail(job, attempt, f"cannot write the result to {out_uri}: {exc}")
             return
@@ -394,18 +414,22 @@ class AsyncQueue:
             repo.touch_endpoints([job.endpoint], now)
         self._drop_input(job)
 
-    def _requeue(self, job: AsyncRecord, attempt: int, reason: str) -> None:
-        if attempt >= MAX_ATTEMPTS:
+    def _requeue(self, job: AsyncRecord, attempt: int, reason: str, *, counts: bool) -> None:
+        if counts and attempt >= MAX_ATTEMPTS:
             self._fail(job, attempt, f"{reason}; gave up after {attempt} tries")
             return
+        message = f"{reason}; queued again" + (
+            f" (try {attempt} of {MAX_ATTEMPTS})" if counts else ""
+        )
         with self.store.tx() as repo:
             repo.update_async_if(
                 job.id,
                 "running",
                 attempt,
                 state="queued",
+                attempt=attempt if counts else attempt - 1,
                 replica_id=None,
-                message=f"{reason}; queued again (try {attempt} of {MAX_ATTEMPTS})",
+                message=message,
             )
         self.wake.set()
 

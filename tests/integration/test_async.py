@@ -1,0 +1,301 @@
+"""Async endpoints on a real server: the durable queue, results and failures in storage, expiry,
+signed webhooks with retries, scale to and from zero on the backlog, and crashes of each process
+while work is queued."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from tests.support import ServerProcess, wait_for, write_yaml
+
+from modelyard import webhooks
+from modelyard.errors import UserError
+
+WORKER_SOURCE = """
+import os, time
+
+class Predictor:
+    def load(self, model_dir):
+        self.seen = os.path.join(model_dir, "seen.log")
+
+    def predict(self, inputs):
+        time.sleep(float(inputs.get("sleep", 0)))
+        if inputs.get("fail"):
+            raise ValueError("the worker refuses this one")
+        with open(self.seen, "a") as fh:
+            fh.write(f"{inputs.get('n')}\\n")
+        return {"n": inputs.get("n"), "pid": os.getpid()}
+"""
+
+
+def _models(tmp: Path) -> dict[str, Any]:
+    worker = tmp / "worker"
+    worker.mkdir(exist_ok=True)
+    (worker / "worker.py").write_text(WORKER_SOURCE)
+    return {
+        "kind": "Model",
+        "name": "worker",
+        "spec": {"artifact": str(worker), "runtime": "python", "predictor": "worker:Predictor"},
+    }
+
+
+def _endpoint(name: str, **cfg: Any) -> dict[str, Any]:
+    return {
+        "kind": "Endpoint",
+        "name": name,
+        "spec": {"type": "async", "async": cfg, "variants": [{"name": "v", "model": "worker"}]},
+    }
+
+
+class Receiver:
+    """A webhook receiver on a free port; answers 500 to the first ``fail_first`` deliveries."""
+
+    def __init__(self, fail_first: int) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes, int]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status = 500 if len(receiver.deliveries) < fail_first else 204
+                receiver.deliveries.append((dict(self.headers.items()), body, status))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    hooks = Receiver(fail_first=2)
+    yield hooks
+    hooks.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("async")
+    write_yaml(
+        tmp / "endpoints.yaml",
+        [
+            _models(tmp),
+            _endpoint("work", max_concurrent_invocations_per_instance=1, idle_timeout_s=600),
+            _endpoint("zero", idle_timeout_s=1),
+            _endpoint(
+                "hooked",
+                idle_timeout_s=600,
+                output_uri=str(tmp / "results"),
+                failure_uri=str(tmp / "failures"),
+                notifications={
+                    "success": [receiver.url],
+                    "error": [receiver.url],
+                    "include_response_inline_max_kb": 1,
+                },
+            ),
+        ],
+    )
+    proc = ServerProcess(tmp / "state")
+    try:
+        proc.client.apply_file(tmp / "endpoints.yaml")
+        for name in ("work", "zero", "hooked"):
+            assert proc.client.wait_endpoint(name, timeout_s=120)["status"] == "InService"
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _read(uri: str) -> bytes:
+    assert uri.startswith("file://"), uri
+    return Path(uri[len("file://") :]).read_bytes()
+
+
+def _exists(uri: str) -> bool:
+    return Path(uri[len("file://") :]).exists()
+
+
+def test_queued_request_ends_with_its_result(server: ServerProcess) -> None:
+    queued = server.client.invoke_async("work", json.dumps({"n": 1}), inference_id="mine-1")
+    assert queued["output_location"].endswith(f"{queued['inference_id']}.out")
+    view = server.client.wait_async("work", queued["inference_id"], timeout_s=60)
+    assert view["status"] == "Completed", view
+    assert view["client_inference_id"] == "mine-1"
+    assert json.loads(_read(queued["output_location"]))["predictions"]["n"] == 1
+    assert not _exists(queued["failure_location"])
+    listed = server.client.list_async_invocations("work", status="Completed")
+    assert queued["inference_id"] in [item["inference_id"] for item in listed]
+
+
+def test_payload_named_by_input_location_is_read_from_storage(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    stored = tmp_path / "input.json"
+    stored.write_text(json.dumps({"n": 2}))
+    queued = server.client.invoke_async("work", input_location=f"file://{stored}")
+    view = server.client.wait_async("work", queued["inference_id"], timeout_s=60)
+    assert view["status"] == "Completed", view
+    assert view["input_location"] == f"file://{stored}"
+    assert json.loads(_read(queued["output_location"]))["predictions"]["n"] == 2
+    assert stored.exists()  # the user's input is theirs: not removed
+
+
+def test_model_error_and_unreadable_input_end_as_failures_with_reasons(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    refused = server.client.invoke_async("work", json.dumps({"n": 3, "fail": True}))
+    missing = server.client.invoke_async("work", input_location=f"file://{tmp_path}/nothing.json")
+    for queued, reason in (
+        (refused, "the worker refuses this one"),
+        (missing, "cannot read the input"),
+    ):
+        view = server.client.wait_async("work", queued["inference_id"], timeout_s=60)
+        assert view["status"] == "Failed"
+        assert reason in view["failure_reason"]
+        failure = json.loads(_read(queued["failure_location"]))
+        assert reason in failure["failureReason"]
+        assert not _exists(queued["output_location"])
+
+
+def test_request_still_queued_after_its_ttl_expires(server: ServerProcess) -> None:
+    # One invocation at a time: the second waits behind the first's 3 s, longer than its TTL.
+    busy = server.client.invoke_async("work", json.dumps({"n": 4, "sleep": 3}))
+    late = server.client.invoke_async("work", json.dumps({"n": 5}), request_ttl_s=1)
+    view = server.client.wait_async("work", late["inference_id"], timeout_s=60)
+    assert view["status"] == "Failed"
+    assert "expired" in view["failure_reason"]
+    assert server.client.wait_async("work", busy["inference_id"])["status"] == "Completed"
+
+
+def test_bad_async_requests_are_refused_before_anything_is_stored(server: ServerProcess) -> None:
+    url = f"{server.gateway_url}/endpoints/work/async-invocations"
+    assert server.http.post(url).status_code == 400  # no body, no input location
+    resp = server.http.post(url, content=b"{}", headers={"X-Amzn-SageMaker-RequestTTLSeconds": "0"})
+    assert resp.status_code == 400
+    assert "requestttlseconds" in resp.json()["message"].lower()
+    sync = server.invoke("work", {"n": 1})  # an async endpoint has no synchronous invocations
+    assert sync.status_code == 400 and "async-invocations" in sync.json()["message"]
+    with pytest.raises(UserError):
+        server.client.invoke_async("work")
+
+
+def test_scales_to_zero_when_idle_and_from_zero_on_a_request(server: ServerProcess) -> None:
+    def replicas() -> list[dict[str, Any]]:
+        return server.client.describe_endpoint("zero")["variants"][0]["replicas"]
+
+    wait_for(lambda: not replicas(), 30, what="the async endpoint to scale to zero")
+    queued = server.client.invoke_async("zero", json.dumps({"n": 6}))
+    view = server.client.wait_async("zero", queued["inference_id"], timeout_s=60)
+    assert view["status"] == "Completed", view
+    status = server.client.describe_endpoint("zero")["async_status"]
+    assert status["queued"] == 0 and status["succeeded"] == 1
+    wait_for(lambda: not replicas(), 30, what="the endpoint to scale to zero again")
+
+
+def test_webhooks_are_signed_and_retried_until_delivered(
+    server: ServerProcess, receiver: Receiver
+) -> None:
+    secret = server.client.describe_endpoint("hooked")["async_status"]["webhook_secret"]
+    done = server.client.invoke_async("hooked", json.dumps({"n": 7}))
+    failed = server.client.invoke_async("hooked", json.dumps({"n": 8, "fail": True}))
+    assert "/results/" in done["output_location"] and "/failures/" in failed["failure_location"]
+
+    def delivered() -> list[dict[str, Any]]:
+        ok = [json.loads(body) for _, body, status in receiver.deliveries if status == 204]
+        return ok if len(ok) >= 2 else []
+
+    messages = {m["inferenceId"]: m for m in wait_for(delivered, 60, what="both webhooks")}
+    # The receiver failed the first two tries: they were retried (and never stopped the queue).
+    assert len(receiver.deliveries) >= 4
+    for headers, body, _ in receiver.deliveries:
+        signature = headers[webhooks.SIGNATURE_HEADER]
+        assert webhooks.verify(secret, signature, body)
+        assert not webhooks.verify("wrong-secret", signature, body)
+    success = messages[done["inference_id"]]
+    assert success["invocationStatus"] == "Completed"
+    assert success["responseParameters"]["outputLocation"] == done["output_location"]
+    assert success["responseBody"]["encoding"] == "BASE64"  # small: carried inline
+    error = messages[failed["inference_id"]]
+    assert error["invocationStatus"] == "Failed"
+    assert "refuses" in error["failureReason"]
+    assert error["failureLocation"] == failed["failure_location"]
+
+
+# -- crashes while work is queued ---------------------------------------------------------------
+
+
+@pytest.fixture()
+def crash_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    write_yaml(
+        tmp_path / "endpoints.yaml",
+        [_models(tmp_path), _endpoint("q", max_concurrent_invocations_per_instance=2)],
+    )
+    proc = ServerProcess(tmp_path / "state")
+    try:
+        proc.client.apply_file(tmp_path / "endpoints.yaml")
+        assert proc.client.wait_endpoint("q", timeout_s=120)["status"] == "InService"
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _kill(server: ServerProcess, what: str) -> None:
+    if what == "replica":
+        (rep,) = server.client.describe_endpoint("q")["variants"][0]["replicas"]
+        os.kill(rep["pid"], signal.SIGKILL)
+        return
+    module = {"gateway": "modelyard.dataplane.main", "control plane": "modelyard.controlplane.main"}
+    child: psutil.Process = server.child(module[what])
+    child.kill()
+    child.wait(10)
+
+
+@pytest.mark.parametrize("what", ["replica", "gateway", "control plane"])
+def test_every_accepted_request_ends_once_when_a_process_dies(
+    crash_server: ServerProcess, what: str
+) -> None:
+    server = crash_server
+    accepted = [
+        server.client.invoke_async("q", json.dumps({"n": n, "sleep": 0.3})) for n in range(12)
+    ]
+
+    def running() -> bool:
+        return server.client.describe_endpoint("q")["async_status"]["running"] > 0
+
+    wait_for(running, 30, what="requests running")
+    _kill(server, what)
+
+    def finished(item: dict[str, str]) -> dict[str, Any] | None:
+        view = server.client.async_invocation("q", item["inference_id"])
+        return view if view["status"] in ("Completed", "Failed") else None
+
+    views = [
+        wait_for(lambda i=item: finished(i), 120, what="every request to end") for item in accepted
+    ]
+    reasons = [v.get("failure_reason") for v in views if v["status"] != "Completed"]
+    assert reasons == [], reasons
+    for item in accepted:  # exactly one outcome each: a result, and no failure file
+        assert _exists(item["output_location"]) and not _exists(item["failure_location"])
+        assert json.loads(_read(item["output_location"]))["predictions"]["n"] is not None
+    outputs = Path(accepted[0]["output_location"][len("file://") :]).parent
+    assert len([p for p in outputs.iterdir() if not p.name.startswith(".")]) == len(accepted)
+    if what == "replica":
+        events = " ".join(e["message"] for e in server.client.describe_endpoint("q")["events"])
+        assert "exited with status -9" in events
