@@ -1,17 +1,26 @@
 """The local executor: replicas are subprocesses of this machine, in sessions of their own so they
 outlive a control-plane restart and are re-adopted by pid (checked against the process start time).
+
+Optionally it keeps a standby (:mod:`modelyard.dataplane.standby`): a model-server interpreter
+started ahead of time that becomes the next eligible replica, which then starts in the time its
+model takes to load. The standby is started like a replica (a session of its own, the same
+environment) and exits by itself when the pipe to it closes (a control-plane restart).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +29,8 @@ import psutil
 
 from modelyard.errors import ReplicaStartError
 from modelyard.executors.base import ReplicaLaunch, ReplicaProcess
+
+logger = logging.getLogger("modelyard.executor")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,21 +51,63 @@ def _thread_limits(cpus: float | None) -> dict[str, str]:
     return {name: threads for name in THREAD_VARS}
 
 
+MODEL_SERVER = "modelyard.dataplane.modelserver"
+STANDBY = "modelyard.dataplane.standby"
+STANDBY_LOG = "standby.log"
+_STANDBY_BACKOFF_MAX_S = 60.0
+_REAP_TIMEOUT_S = 1.0
+
+
+def _standby_eligible(launch: ReplicaLaunch) -> bool:
+    """Whether a standby can serve ``launch``: a built-in runtime whose environment needs nothing
+    set before numpy is imported (no thread limits, no model environment)."""
+    return launch.model.container is None and not launch.model.environment and launch.cpus is None
+
+
 class LocalExecutor:
-    def __init__(self, run_dir: Path, cache_dir: Path, host: str = "127.0.0.1") -> None:
+    """Replicas as subprocesses of this machine.
+
+    With :meth:`set_standby` on, it keeps one standby interpreter
+    (:mod:`modelyard.dataplane.standby`) that has already imported the model server and its
+    heavy libraries; :meth:`start` hands it an eligible launch instead of starting a fresh
+    interpreter, then starts the next standby.
+
+    Meant for one controller thread; the standby's state has a lock of its own all the same.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cache_dir: Path,
+        host: str = "127.0.0.1",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.run_dir = run_dir
         self.cache_dir = cache_dir
         self.host = host
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._http = httpx.Client(timeout=2.0, trust_env=False)
+        self._clock = clock
+        self._standby_lock = threading.Lock()
+        self._standby_wanted = False
+        self._standby: subprocess.Popen[bytes] | None = None
+        self._standby_failures = 0  # standbys that died unassigned since the last assignment
+        self._standby_retry_at = 0.0
+        self._reaping: list[subprocess.Popen[bytes]] = []
 
-    def _command(self, launch: ReplicaLaunch, port: int) -> tuple[list[str], dict[str, str]]:
-        env = {**os.environ, **_thread_limits(launch.cpus), **launch.model.environment}
+    # -- launching -------------------------------------------------------------------------------
+
+    def _launch_env(self, launch: ReplicaLaunch, port: int) -> dict[str, str]:
+        """What a replica's environment adds to this process's."""
+        env = {**_thread_limits(launch.cpus), **launch.model.environment}
         env["PORT"] = str(port)
         env["MODELYARD_REPLICA_ID"] = launch.replica_id
         if launch.model.container is not None:
             env.update(launch.model.container.env)
-            return list(launch.model.container.command), env
+        return env
+
+    def _server_args(self, launch: ReplicaLaunch, port: int) -> list[str]:
+        """The model server's arguments for ``launch``, its spec file written."""
         spec_file = self.run_dir / f"{launch.replica_id}.json"
         spec_file.write_text(
             json.dumps(
@@ -65,10 +118,7 @@ class LocalExecutor:
                 }
             )
         )
-        cmd = [
-            sys.executable,
-            "-m",
-            "modelyard.dataplane.modelserver",
+        return [
             "--model-spec-file",
             str(spec_file),
             "--host",
@@ -78,12 +128,23 @@ class LocalExecutor:
             "--cache-dir",
             str(self.cache_dir),
         ]
-        return cmd, env
+
+    def _command(self, launch: ReplicaLaunch, port: int) -> tuple[list[str], dict[str, str]]:
+        env = {**os.environ, **self._launch_env(launch, port)}
+        if launch.model.container is not None:
+            return list(launch.model.container.command), env
+        return [sys.executable, "-m", MODEL_SERVER, *self._server_args(launch, port)], env
 
     def start(self, launch: ReplicaLaunch) -> ReplicaProcess:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         launch.log_path.parent.mkdir(parents=True, exist_ok=True)
         port = free_port(self.host)
+        if _standby_eligible(launch):
+            with self._standby_lock:
+                proc = self._assign_standby(launch, port)
+                self._ensure_standby()  # the next one imports while this replica loads its model
+            if proc is not None:
+                return proc
         cmd, env = self._command(launch, port)
         with open(launch.log_path, "ab") as log:
             try:
@@ -98,13 +159,133 @@ class LocalExecutor:
             except OSError as exc:
                 raise ReplicaStartError(f"could not run {cmd[0]!r}: {exc.strerror}") from exc
         self._children[child.pid] = child
+        return self._started(child.pid, port)
+
+    def _started(self, pid: int, port: int) -> ReplicaProcess:
         try:
-            started = psutil.Process(child.pid).create_time()
+            started = psutil.Process(pid).create_time()
         except psutil.Error:
             started = 0.0
-        return ReplicaProcess(
-            pid=child.pid, started_at=started, address=f"http://{self.host}:{port}"
+        return ReplicaProcess(pid=pid, started_at=started, address=f"http://{self.host}:{port}")
+
+    # -- the standby ----------------------------------------------------------------------------
+
+    def set_standby(self, enabled: bool) -> None:
+        """Keep one standby interpreter ready while ``enabled`` (say, while serverless endpoints
+        exist); stop it otherwise. Cheap to call repeatedly: it replaces a standby that died,
+        backing off when they keep dying (so call it on every reconcile pass)."""
+        with self._standby_lock:
+            self._standby_wanted = enabled
+            if enabled:
+                self._ensure_standby()
+            else:
+                self._stop_standby()
+
+    def close(self) -> None:
+        """At shutdown: stop the standby and close the HTTP client. Replicas are left alone (and
+        can still be signalled and watched with :meth:`signal` and :meth:`exit_code`)."""
+        with self._standby_lock:
+            self._standby_wanted = False
+            self._stop_standby()
+        self._http.close()
+
+    @property
+    def standby_pid(self) -> int | None:
+        """The pid of the current, unassigned standby (which may still be importing)."""
+        return self._standby.pid if self._standby is not None else None
+
+    def _ensure_standby(self) -> None:
+        self._reaping = [p for p in self._reaping if p.poll() is None]
+        standby = self._standby
+        if standby is not None:
+            if standby.poll() is None:
+                return
+            self._standby_died(standby)
+        if not self._standby_wanted or self._clock() < self._standby_retry_at:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / STANDBY_LOG, "ab") as log:
+            try:
+                self._standby = subprocess.Popen(
+                    [sys.executable, "-m", STANDBY],
+                    stdin=subprocess.PIPE,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # as a replica's: it becomes one
+                )
+            except OSError as exc:
+                logger.warning("cannot start a standby: %s", exc)
+                self._standby_failed()
+
+    def _standby_died(self, standby: subprocess.Popen[bytes]) -> None:
+        """Forget a standby that ended before it was assigned."""
+        self._standby = None
+        _close_stdin(standby)
+        logger.warning(
+            "the standby (pid %d) exited with status %s; see %s",
+            standby.pid,
+            standby.returncode,
+            self.run_dir / STANDBY_LOG,
         )
+        self._standby_failed()
+
+    def _standby_failed(self) -> None:
+        # The first replacement is immediate; then 1 s, 2 s, 4 s ... so that a standby that
+        # cannot start does not spin.
+        self._standby_failures += 1
+        delay = 0.0 if self._standby_failures == 1 else 2.0 ** (self._standby_failures - 2)
+        self._standby_retry_at = self._clock() + min(delay, _STANDBY_BACKOFF_MAX_S)
+
+    def _assign_standby(self, launch: ReplicaLaunch, port: int) -> ReplicaProcess | None:
+        """``launch`` handed to the standby; None when there is no live one to take it."""
+        standby = self._standby
+        if standby is None or not self._standby_wanted:
+            return None
+        if standby.poll() is not None:
+            self._standby_died(standby)
+            return None
+        with open(launch.log_path, "ab"):  # fails here, as the cold path does, not in the standby
+            pass
+        assignment = {
+            "argv": self._server_args(launch, port),
+            "env": self._launch_env(launch, port),
+            "log_path": str(launch.log_path),
+        }
+        line = json.dumps(assignment).encode() + b"\n"
+        assert standby.stdin is not None
+        try:
+            # One short line fits the pipe's buffer: this never waits for the standby's imports.
+            standby.stdin.write(line)
+            standby.stdin.flush()
+        except BrokenPipeError:  # it died since poll() looked
+            self._standby = None
+            self._reap(standby)
+            logger.warning("the standby (pid %d) died before its assignment", standby.pid)
+            self._standby_failed()
+            return None
+        _close_stdin(standby)
+        self._standby = None
+        self._standby_failures = 0
+        self._standby_retry_at = 0.0
+        self._children[standby.pid] = standby
+        return self._started(standby.pid, port)
+
+    def _stop_standby(self) -> None:
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            self._reap(standby)
+
+    def _reap(self, standby: subprocess.Popen[bytes]) -> None:
+        """Kill an unassigned standby and collect its exit status."""
+        _close_stdin(standby)
+        with contextlib.suppress(ProcessLookupError):
+            standby.kill()
+        try:
+            standby.wait(_REAP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # collected later, by _ensure_standby
+            self._reaping.append(standby)
+
+    # -- observing --------------------------------------------------------------------------------
 
     def exit_code(self, proc: ReplicaProcess) -> int | None:
         child = self._children.get(proc.pid)
@@ -153,3 +334,9 @@ class LocalExecutor:
             pass
         except PermissionError:
             os.kill(proc.pid, sig)
+
+
+def _close_stdin(child: subprocess.Popen[bytes]) -> None:
+    if child.stdin is not None:
+        with contextlib.suppress(OSError):  # BrokenPipeError: what was left unwritten is moot
+            child.stdin.close()
