@@ -443,7 +443,9 @@ def test_routes_list_only_ready_replicas_of_the_active_revision(world: World) ->
     world.apply(artifact="model-v2.joblib")
     world.tick()
     assert len(world.replicas()) == 4
-    assert routes(world.store, world.tmp_path)["e"]["variants"][0]["replicas"] == sorted([r1.address, r2.address])
+    assert routes(world.store, world.tmp_path)["e"]["variants"][0]["replicas"] == sorted(
+        [r1.address, r2.address]
+    )
 
     # a crashed replica leaves the table
     world.executor.by_id(r1.id).exit_code = 1

@@ -167,8 +167,10 @@ def describe_endpoint(view: dict[str, Any]) -> None:
 
 def async_table(items: list[dict[str, Any]]) -> None:
     table = Table(box=None, header_style="bold")
-    for column in ("INFERENCE ID", "STATUS", "RECEIVED", "TRIES", "DETAIL"):
-        table.add_column(column)
+    table.add_column("INFERENCE ID", no_wrap=True, min_width=36)  # ids are for copying: whole
+    for column in ("STATUS", "RECEIVED", "TRIES"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("DETAIL", overflow="fold")
     for item in items:
         received = item.get("received_at")
         detail = item.get("output_location") or item.get("failure_reason") or item.get("message")

@@ -9,6 +9,18 @@ connection timeouts and a graceful shutdown. Parsing is httptools' (the parser u
 
 A handler gets a :class:`Request` and returns ``(status, headers, body)``; the server adds
 ``Content-Length``, ``Date`` and ``Connection`` headers.
+
+Streaming, for bodies too big to hold (opt-in, per request; a buffered request pays nothing for
+it). The ``streaming`` callback of :class:`HttpServer` sees each request's method, path and
+headers when its head is complete; when it answers a size limit, the request reaches the handler
+at once with ``body == b""`` and its body in ``request.stream``, a :class:`BodyStream` that
+gives the body chunk by chunk as it arrives. The server stops reading from the client while more
+than about 1 MiB of it waits unread, so memory stays bounded whatever the body's size. A handler
+that returns before the body has arrived whole gets its answer sent, then the connection closes
+(the rest is not read). Any answer may stream too: when the handler returns an async iterator of
+bytes instead of bytes, its chunks go out as a chunked body as they come, the iterator waiting
+whenever the client falls behind (write backpressure); if the iterator raises, the connection
+ends without the last chunk, so that the client sees the answer incomplete, not complete.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, cast
@@ -30,18 +42,41 @@ import httptools
 log = logging.getLogger("modelyard.http")
 
 Headers = Sequence[tuple[bytes, bytes]]
+#: A whole answer: ``(status, headers, body)``.
 Answer = tuple[int, Headers, bytes]
-Handler = Callable[["Request"], Awaitable[Answer]]
+#: An answer whose body is sent chunk by chunk as the iterator gives it (chunked encoding).
+StreamedAnswer = tuple[int, Headers, AsyncIterator[bytes]]
+Handler = Callable[["Request"], Awaitable[Answer | StreamedAnswer]]
+#: ``streaming(method, path, headers)``: None to buffer a request's body, or the most bytes of
+#: body to stream to the handler.
+Streaming = Callable[[str, str, dict[bytes, bytes]], int | None]
 
 #: Pipelined requests a connection may queue before the server stops reading from it.
 _MAX_PIPELINED = 8
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: How long a refused connection is still read (and dropped) before it is closed.
 _LINGER_S = 2.0
+#: A streamed body stops being read while more than this waits unread; reading resumes once the
+#: handler has taken all but a quarter of it.
+_STREAM_HIGH = 1024 * 1024
+_STREAM_LOW = _STREAM_HIGH // 4
+
+
+class BodyTooLarge(Exception):
+    """A streamed request's body is over the limit the ``streaming`` callback gave it. The rest
+    of the body is not read: the connection closes after the handler's answer (413, say)."""
+
+
+class BodyIncomplete(ConnectionError):
+    """A streamed request's body ended early: the client closed the connection, sent nothing
+    for ``keepalive_s``, or broke the framing (a malformed chunk)."""
 
 
 class Request:
     __slots__ = ("body", "headers", "method", "path", "query")
+    #: The body as it arrives, for a request the server streams (its ``body`` is then b"");
+    #: None for a buffered request. (A class default: buffered requests pay nothing for it.)
+    stream: BodyStream | None = None
 
     def __init__(
         self, method: str, path: str, query: bytes, headers: dict[bytes, bytes], body: bytes
@@ -52,6 +87,131 @@ class Request:
         #: Header names lower-cased; a repeated header keeps its last value.
         self.headers = headers
         self.body = body
+
+
+class _StreamedRequest(Request):
+    __slots__ = ("stream",)
+
+    def __init__(
+        self, method: str, path: str, query: bytes, headers: dict[bytes, bytes], stream: BodyStream
+    ) -> None:
+        super().__init__(method, path, query, headers, b"")
+        self.stream = stream
+
+
+class BodyStream:
+    """A streamed request's body, in the order it arrives: ``await stream.read()`` gives the next
+    chunk, b"" at the end (or ``async for chunk in stream``).
+
+    ``read`` raises :class:`BodyTooLarge` past the size limit and :class:`BodyIncomplete` when
+    the body cannot arrive whole; the chunks received before either are given first. An
+    ``Expect: 100-continue`` is answered on the first ``read``. Only the request's handler (and
+    the answer it returns) may read it, one reader at a time.
+    """
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_complete",
+        "_conn",
+        "_error",
+        "_expects_continue",
+        "_limit",
+        "_received",
+        "_waiter",
+        "request",
+    )
+
+    def __init__(self, conn: _Protocol, limit: int, expects_continue: bool) -> None:
+        self._conn = conn
+        self._limit = limit
+        self._expects_continue = expects_continue
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0  # received, not yet read
+        self._received = 0
+        self._complete = False
+        self._error: tuple[type[Exception], str] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.request: Request | None = None  # set once the request is made
+
+    @property
+    def received(self) -> int:
+        """Bytes of body received so far (read or not)."""
+        return self._received
+
+    async def read(self) -> bytes:
+        """The next chunk of the body; b"" once it has all been read."""
+        if self._expects_continue:
+            self._expects_continue = False
+            if self._received == 0 and not self._complete and self._error is None:
+                self._conn.send_continue()
+        while not self._chunks:
+            if self._error is not None:
+                kind, message = self._error
+                raise kind(message)
+            if self._complete:
+                return b""
+            await self._wait()
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._buffered <= _STREAM_LOW:
+            self._conn.stream_drained()
+        return chunk
+
+    def __aiter__(self) -> BodyStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    async def _wait(self) -> None:
+        """Until more arrives, or the client has sent nothing for ``keepalive_s``."""
+        conn = self._conn
+        loop = conn.loop
+        waiter = self._waiter = loop.create_future()
+        try:
+            async with asyncio.timeout_at(conn.last_activity + conn.server.keepalive_s):
+                await waiter
+        except TimeoutError:
+            idle_s = loop.time() - conn.last_activity
+            if idle_s >= conn.server.keepalive_s:  # else a byte came that was not body: wait on
+                self.fail(BodyIncomplete, f"no data from the client for {idle_s:.0f} s")
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # called by the connection ------------------------------------------------------------------
+    def feed(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._limit:
+            self.fail(BodyTooLarge, f"request body larger than the limit of {self._limit} bytes")
+            self._conn.refused = True  # the rest is dropped, the connection closes after the answer
+            return
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > _STREAM_HIGH:
+            self._conn.pause_for_stream()
+        self._wake()
+
+    def end(self) -> None:
+        self._complete = True
+        self._wake()
+
+    def fail(self, kind: type[Exception], message: str) -> None:
+        if not self._complete and self._error is None:
+            self._error = (kind, message)
+            self._wake()
+
+    @property
+    def done(self) -> bool:
+        """The whole body has arrived (read or not): the connection is past it."""
+        return self._complete
 
 
 def _reason(status: int) -> bytes:
@@ -96,11 +256,16 @@ class _Protocol(asyncio.Protocol):
         self.head_size = 0  # bytes received while a head is incomplete (-1: head complete)
         self.head_bytes = 0  # size of the current request's line and headers
         self.refused = False  # the connection's last request was refused: ignore what follows
-        # Requests to answer, in order; an Answer entry is the server's own refusal, the last.
-        self.pending: deque[tuple[Request | Answer, bool]] = deque()
+        # Requests to answer, in order; an Answer entry is the server's own refusal, the last; a
+        # BodyStream entry is a streamed request.
+        self.pending: deque[tuple[Request | Answer | BodyStream, bool]] = deque()
         self.task: asyncio.Task[None] | None = None
         self.closing = False
+        self.stream: BodyStream | None = None  # the body being streamed, until it is whole
+        # Reading is paused for pipelined requests (or an unread answer), for a streamed body's
+        # unread bytes, or both: each resumes it only when the other does not hold it.
         self.reading_paused = False
+        self.stream_paused = False
         self.can_write = asyncio.Event()
         self.can_write.set()
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -116,6 +281,10 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
+        if self.stream is not None:
+            self.stream.fail(
+                BodyIncomplete, "the client closed the connection before the body ended"
+            )
         self.pending.clear()
         self.can_write.set()
         if self.idle_timer is not None:
@@ -165,6 +334,8 @@ class _Protocol(asyncio.Protocol):
         if self.head_bytes > self.server.max_head:
             self._refuse(*self.server.errors(431, "request head too large"))
             return
+        if self.server.streaming is not None and self._start_stream():
+            return
         declared = self.headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.server.max_body:
             self._refuse(*self.server.too_large())
@@ -178,6 +349,9 @@ class _Protocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.refused:
             return
+        if self.stream is not None:
+            self.stream.feed(body)
+            return
         self.size += len(body)
         if self.size > self.server.max_body:  # chunked, or a Content-Length that lied
             self._refuse(*self.server.too_large())
@@ -188,6 +362,10 @@ class _Protocol(asyncio.Protocol):
         self.head_size = 0  # the next request's head starts
         if self.refused or self.closing:
             return
+        if self.stream is not None:  # its request is being answered already
+            self.stream.end()
+            self.stream = None
+            return
         parsed = httptools.parse_url(self.url) if self.url else None
         path = parsed.path.decode("latin-1") if parsed and parsed.path else "/"
         query = (parsed.query or b"") if parsed else b""
@@ -196,8 +374,58 @@ class _Protocol(asyncio.Protocol):
         request = Request(self.parser.get_method().decode(), path, query, self.headers, body)
         self._enqueue(request, self.parser.should_keep_alive())
 
+    # streamed request bodies --------------------------------------------------------------------
+    def _start_stream(self) -> bool:
+        """Whether the request whose head just ended is streamed; if it is, it is queued now."""
+        headers = self.headers
+        declared = headers.get(b"content-length")
+        if declared is None and b"transfer-encoding" not in headers:
+            return False  # no body: nothing to stream
+        parsed = httptools.parse_url(self.url) if self.url else None
+        path = parsed.path.decode("latin-1") if parsed and parsed.path else "/"
+        method = self.parser.get_method().decode()
+        streaming = self.server.streaming
+        assert streaming is not None
+        try:
+            limit = streaming(method, path, headers)
+        except Exception:
+            log.exception("the streaming callback failed for %s %s", method, path)
+            self._refuse(*self.server.errors(500, "internal server error"))
+            return True
+        if limit is None:
+            return False
+        expects = headers.get(b"expect", b"").lower() == b"100-continue"
+        stream = BodyStream(self, limit, expects)
+        request = _StreamedRequest(
+            method, path, (parsed.query or b"") if parsed else b"", headers, stream
+        )
+        stream.request = request
+        self.stream = stream
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            stream.fail(BodyTooLarge, f"request body larger than the limit of {limit} bytes")
+            self.refused = True  # not read: the connection closes after the answer
+        self._enqueue(stream, self.parser.should_keep_alive())
+        return True
+
+    def send_continue(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(_CONTINUE)
+
+    def pause_for_stream(self) -> None:
+        if self.transport is not None and not self.stream_paused and not self.closing:
+            self.stream_paused = True
+            if not self.reading_paused:
+                self.transport.pause_reading()
+
+    def stream_drained(self) -> None:
+        if self.stream_paused and self.transport is not None and not self.closing:
+            self.stream_paused = False
+            self.last_activity = self.loop.time()  # the client could not send while paused
+            if not self.reading_paused:
+                self.transport.resume_reading()
+
     # answering --------------------------------------------------------------------------------
-    def _enqueue(self, entry: Request | Answer, keep_alive: bool) -> None:
+    def _enqueue(self, entry: Request | Answer | BodyStream, keep_alive: bool) -> None:
         self.pending.append((entry, keep_alive))
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._serve())
@@ -208,12 +436,18 @@ class _Protocol(asyncio.Protocol):
         """Answer with the server's own error once the requests before it are answered, then
         close: what arrives after a refused request is read and dropped, unparsed."""
         self.refused = True
+        if self.stream is not None and not self.stream.done:
+            # A streamed body broke off (malformed chunking, say): its handler is answering
+            # already, so it learns from read(), and its answer is the last.
+            self.stream.fail(BodyIncomplete, f"the request body broke off: {body.decode()}")
+            return
         self._enqueue((status, headers, body), False)
 
     def _pause_reading(self) -> None:
         if self.transport is not None and not self.reading_paused and not self.closing:
             self.reading_paused = True
-            self.transport.pause_reading()
+            if not self.stream_paused:
+                self.transport.pause_reading()
 
     async def _serve(self) -> None:
         try:
@@ -230,9 +464,15 @@ class _Protocol(asyncio.Protocol):
                     and self.transport is not None
                 ):
                     self.reading_paused = False
-                    self.transport.resume_reading()
-                if not isinstance(entry, Request):  # the server's own refusal: the last answer
-                    self._write(*entry, keep_alive=False)
+                    self.last_activity = self.loop.time()  # a streamed body could not arrive
+                    if not self.stream_paused:
+                        self.transport.resume_reading()
+                if not isinstance(entry, Request):
+                    if isinstance(entry, BodyStream):
+                        if await self._serve_streamed(entry, keep_alive):
+                            continue
+                        return
+                    self._write(*entry, keep_alive=False)  # the server's own refusal: the last
                     self._linger()
                     return
                 try:
@@ -242,7 +482,13 @@ class _Protocol(asyncio.Protocol):
                     status, headers, body = self.server.errors(500, "internal server error")
                 head_only = entry.method == "HEAD"
                 keep_alive = keep_alive and not self.server.stopping
-                self._write(status, headers, body, keep_alive, head_only)
+                try:  # costs nothing when nothing is raised (an isinstance check would)
+                    self._write(status, headers, body, keep_alive, head_only)  # type: ignore[arg-type]
+                except TypeError:  # no len(): an iterator, to send chunk by chunk
+                    if not isinstance(body, AsyncIterator):
+                        raise
+                    if not await self._write_chunked(status, headers, body, keep_alive, head_only):
+                        return
                 if not keep_alive:
                     self._close()
                     return
@@ -251,9 +497,99 @@ class _Protocol(asyncio.Protocol):
             self.server.idle.set()
         self._arm_idle_timer()
 
+    async def _serve_streamed(self, stream: BodyStream, keep_alive: bool) -> bool:
+        """Answer a streamed request; whether the connection goes on to the next request (only
+        when its body has arrived whole: a body left half-sent is not read further)."""
+        request = stream.request
+        assert request is not None
+        try:
+            status, headers, body = await self.server.handler(request)
+        except BodyIncomplete as exc:  # the client went, or stalled: the handler did not answer
+            log.info("streamed request %s %s not answered: %s", request.method, request.path, exc)
+            self._close()
+            return False
+        except Exception:
+            log.exception("handler failed for %s %s", request.method, request.path)
+            status, headers, body = self.server.errors(500, "internal server error")
+        head_only = request.method == "HEAD"
+        keep_alive = keep_alive and not self.server.stopping
+        if isinstance(body, AsyncIterator):
+            if not await self._write_chunked(status, headers, body, keep_alive, head_only):
+                return False
+        else:
+            keep_alive = keep_alive and stream.done
+            self._write(status, headers, body, keep_alive, head_only)
+        if keep_alive and stream.done:
+            return True
+        if stream.done:
+            self._close()
+        else:
+            self.refused = True  # what is still coming of the body is dropped, unparsed
+            self._linger()
+        return False
+
+    async def _write_chunked(
+        self,
+        status: int,
+        headers: Headers,
+        body: AsyncIterator[bytes],
+        keep_alive: bool,
+        head_only: bool,
+    ) -> bool:
+        """Send an answer whose body comes from an iterator, chunked, waiting whenever the client
+        falls behind. False when the answer could not be sent whole, and the connection is
+        closing: the client went, or the iterator raised (then what was sent is followed by the
+        end of the connection, not the last chunk, so that the client sees the answer
+        incomplete)."""
+        transport = self.transport
+        try:
+            if transport is None or self.closing:
+                return False
+            transport.write(
+                self._head(status, headers, b"transfer-encoding: chunked\r\n", keep_alive)
+            )
+            if head_only:
+                return True
+            async for chunk in body:
+                if self.closing:
+                    return False
+                if chunk:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                    if not self.can_write.is_set():
+                        await self.can_write.wait()
+            if self.closing:
+                return False
+            transport.write(b"0\r\n\r\n")
+            return True
+        except Exception as exc:
+            if isinstance(exc, ConnectionError):  # a streamed request's client went, say
+                log.info("streamed answer abandoned: %s: %s", type(exc).__name__, exc)
+            else:
+                log.exception("streamed answer failed after it began")
+            self.refused = True  # what the client still sends is dropped
+            self._linger()
+            return False
+        finally:
+            aclose = getattr(body, "aclose", None)  # a generator left before its end: close it
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    def _head(self, status: int, headers: Headers, framing: bytes, keep_alive: bool) -> bytes:
+        line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+        parts = [line, _CLOCK.header()]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(framing)
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
     def _write(
         self, status: int, headers: Headers, body: bytes, keep_alive: bool, head_only: bool = False
     ) -> None:
+        """Send a whole answer (TypeError, before anything is sent, for an iterator ``body``)."""
         if self.transport is None or self.closing:
             return
         line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
@@ -285,8 +621,8 @@ class _Protocol(asyncio.Protocol):
             transport.close()
             return
         transport.write_eof()
-        if self.reading_paused:
-            self.reading_paused = False
+        if self.reading_paused or self.stream_paused:
+            self.reading_paused = self.stream_paused = False
             transport.resume_reading()
         asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
 
@@ -335,13 +671,22 @@ class HttpServer:
         max_head: int = 64 * 1024,
         errors: Callable[[int, str], Answer] | None = None,
         keepalive_s: float = 75.0,
+        streaming: Streaming | None = None,
     ) -> None:
         """``errors(status, message)`` writes the server's own answers (400 for a malformed
         request, 413 for a body over ``max_body``, 431 for a request line and headers over
         ``max_head`` bytes, 500 when the handler raised) in the caller's error format.
         ``keepalive_s`` is how long a connection may send nothing while no request of it is
-        being answered (an idle keep-alive connection, or a request stalled half-way)."""
+        being answered (an idle keep-alive connection, or a request stalled half-way), and how
+        long a streamed body may stall while its handler waits for more.
+
+        ``streaming(method, path, headers)`` (path without the query; header names lower-case)
+        is asked, when its head is complete, about each request that has a body (a
+        Content-Length or Transfer-Encoding): None buffers it as usual (up to ``max_body``); a
+        number streams it to the handler, with that limit instead of ``max_body``
+        (:class:`BodyStream`). It must be quick and must not raise (a failure is a 500)."""
         self.handler = handler
+        self.streaming = streaming
         self.max_body = max_body
         self.max_head = max_head
         self.errors = errors or _plain_error

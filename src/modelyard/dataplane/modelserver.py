@@ -8,6 +8,19 @@ exception from the model is 424 ``model_error``. ``GET /metrics`` has request co
 sizes in Prometheus' text format. This is the hot path, so no framework: a request handler on
 the data plane's own small HTTP server (:mod:`modelyard.dataplane.http`).
 
+Big line-oriented bodies are streamed, never held whole: an invocation whose Content-Type is
+``text/csv`` or ``application/jsonlines`` (also ``application/x-jsonlines``,
+``application/jsonl``) and whose body is over 1 MiB (or chunked, with no Content-Length), up to
+1 GiB, is read as it arrives and cut at line ends into runs of about 1 MiB; each run is decoded
+and predicted in one model call (in a worker thread; the batcher is not involved) and its
+outputs sent at once, one line a row and in the order of the input, in a chunked answer: CSV for
+``Accept: text/csv``, JSON lines for ``application/jsonlines``, and the input's own type when
+Accept is missing or ``*/*``. (An Accept that asks for JSON or NPY keeps such a body buffered and
+answered as before.) The first run is predicted before the answer begins, so a body that is bad
+from its start gets the usual error answer (400 invalid input, 424 model error, 413 over the
+limit); a later run that fails cuts the answer off (the connection ends without the last chunk,
+so the client sees it incomplete) and is logged with the numbers of its lines.
+
 Run it as ``python -m modelyard.dataplane.modelserver --model-spec-file PATH --port N``; the spec
 file is JSON ``{"name": ..., "spec": {...ModelSpec...}, "batching": {...} or null}``. Exit
 status: 0 after SIGTERM, 1 when it cannot start (say, the port is taken), 3 when the model
@@ -27,7 +40,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any
@@ -40,8 +53,22 @@ from prometheus_client.exposition import generate_latest
 
 from modelyard.dataplane import bundle, codecs, http
 from modelyard.dataplane.batching import Batcher, call_model
-from modelyard.dataplane.http import Answer, Headers, HttpServer, Request, serve_until_signalled
-from modelyard.errors import ModelInvocationError, ModelyardError, RuntimeLoadError, SpecError
+from modelyard.dataplane.http import (
+    Answer,
+    BodyStream,
+    Headers,
+    HttpServer,
+    Request,
+    StreamedAnswer,
+    serve_until_signalled,
+)
+from modelyard.errors import (
+    InvalidInputError,
+    ModelInvocationError,
+    ModelyardError,
+    RuntimeLoadError,
+    SpecError,
+)
 from modelyard.runtimes import Runtime, get_runtime_class
 from modelyard.spec import BatchingSpec, ModelSpec
 
@@ -57,6 +84,10 @@ _CUSTOM_ATTRIBUTES = b"x-amzn-sagemaker-custom-attributes"
 _PING = b'{"status":"ok"}'
 _DRAIN_GRACE_S = 25.0  # the controller kills a replica 30 s after asking it to stop
 _DECODE_INLINE_BYTES = 64 * 1024  # bigger bodies are decoded off the event loop
+_STREAM_ABOVE = 1024 * 1024  # line-oriented bodies over this (or chunked) are streamed
+_MAX_STREAMED_BODY = 2**30 + 2**20  # 1 GiB, and a little for the line ends of the last row
+_RUN_BYTES = 1024 * 1024  # input per model call of a streamed body (whole lines: a little more)
+_MAX_LINE = 16 * 1024 * 1024  # a streamed body's rows must be shorter: they are held whole
 
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -99,7 +130,7 @@ class ReplicaApp:
         elif batching:
             _say(f"batching is off: the {runtime.name} runtime (or its predictor) cannot batch")
 
-    async def __call__(self, request: Request) -> Answer:
+    async def __call__(self, request: Request) -> Answer | StreamedAnswer:
         path, method = request.path, request.method
         if path == "/invocations":
             if method == "POST":
@@ -119,7 +150,9 @@ class ReplicaApp:
             404, "not_found", f"no route {path}; the replica serves /ping, /invocations, /metrics"
         )
 
-    async def _invoke(self, request: Request) -> Answer:
+    async def _invoke(self, request: Request) -> Answer | StreamedAnswer:
+        if request.stream is not None:
+            return await self._invoke_streamed(request, request.stream)
         headers = request.headers
         attrs = headers.get(_CUSTOM_ATTRIBUTES)
         status, content_type, payload = await self._answer_one(
@@ -129,6 +162,106 @@ class ReplicaApp:
         if attrs is not None:
             out.append((_CUSTOM_ATTRIBUTES, attrs))
         return status, out, payload
+
+    # streamed invocations ---------------------------------------------------------------------
+    def streaming(self, method: str, path: str, headers: dict[bytes, bytes]) -> int | None:
+        """The HTTP server's ``streaming`` callback: which invocations to stream (see above)."""
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) <= _STREAM_ABOVE):
+            return None
+        if path != "/invocations" or method != "POST":
+            return None
+        raw_type = headers.get(b"content-type")
+        if raw_type is None:
+            return None
+        media = codecs.LINE_MEDIA_TYPES.get(codecs.media_type(raw_type.decode("latin-1")), "")
+        if not media or _line_answer(headers.get(b"accept"), media) is None:
+            return None
+        return _MAX_STREAMED_BODY
+
+    async def _invoke_streamed(
+        self, request: Request, stream: BodyStream
+    ) -> Answer | StreamedAnswer:
+        headers = request.headers
+        media_in = codecs.LINE_MEDIA_TYPES[
+            codecs.media_type(headers[b"content-type"].decode("latin-1"))
+        ]
+        media_out = _line_answer(headers.get(b"accept"), media_in)
+        assert media_out is not None  # else it would not have been streamed
+        runs = _Runs(stream)
+        try:
+            first = await self._next_answer(runs, media_in, media_out)
+            if first is None:
+                raise InvalidInputError(f"the {media_in} body has no rows")
+        except http.BodyTooLarge as exc:  # the server closes the connection after this answer
+            self._client_error.inc()
+            return _error(413, "payload_too_large", str(exc))
+        except http.BodyIncomplete:
+            raise  # the client is gone, or stalled: nobody to answer
+        except Exception as exc:
+            status, content_type, payload = self._failed(exc)
+            return status, [(b"content-type", content_type)], payload
+        out = [(b"content-type", _MEDIA_BYTES[media_out])]
+        attrs = headers.get(_CUSTOM_ATTRIBUTES)
+        if attrs is not None:
+            out.append((_CUSTOM_ATTRIBUTES, attrs))
+        return 200, out, self._answer_rest(first, runs, media_in, media_out)
+
+    async def _answer_rest(
+        self, first: bytes, runs: _Runs, media_in: str, media_out: str
+    ) -> AsyncIterator[bytes]:
+        """The streamed answer: the first run's outputs, then each next run's."""
+        yield first
+        try:
+            while (payload := await self._next_answer(runs, media_in, media_out)) is not None:
+                yield payload
+        except http.BodyIncomplete:
+            self._client_error.inc()
+            raise
+        except Exception as exc:
+            (self._client_error if isinstance(exc, ModelyardError) else self._server_error).inc()
+            message = (
+                exc.message if isinstance(exc, ModelyardError) else f"{type(exc).__name__}: {exc}"
+            )
+            lines = f"lines {runs.line}-{runs.next_line - 1}"
+            _say(f"streamed invocation cut off in the rows of {lines}: {message}")
+            raise
+        self._ok.inc()
+
+    async def _next_answer(self, runs: _Runs, media_in: str, media_out: str) -> bytes | None:
+        """The outputs of the next run of rows; None after the last."""
+        loop = asyncio.get_running_loop()
+        while (block := await runs.next()) is not None:
+            payload = await loop.run_in_executor(
+                None, self._predict_lines, block, runs.line, media_in, media_out
+            )
+            if payload is not None:
+                return payload
+        return None
+
+    def _predict_lines(
+        self, block: bytes, first_line: int, media_in: str, media_out: str
+    ) -> bytes | None:
+        """decode → predict → encode for a run of whole lines, in a worker thread; None when the
+        run has only blank lines."""
+        inputs = codecs.decode_lines(block, media_in, to_array=self.to_array, first_line=first_line)
+        if inputs is None:
+            return None
+        outputs = call_model(self.runtime, inputs)
+        self.batch_size.observe(len(inputs))
+        rows = _row_count(outputs)
+        if rows is not None and rows != len(inputs):  # the answer's lines would not line up
+            raise ModelInvocationError(
+                f"the model answered {rows} rows for the {len(inputs)} rows from line {first_line}"
+            )
+        try:
+            return codecs.encode_lines(outputs, media_out)
+        except ModelyardError:
+            raise
+        except Exception as exc:  # the model answered something no codec can write
+            raise ModelInvocationError(
+                f"cannot encode the model's output as {media_out}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def _invoke_bundle(self, request: Request) -> Answer:
         """Several invocations from the gateway, each answered as if it had come alone."""
@@ -236,6 +369,77 @@ class ReplicaApp:
         self._server_error.inc()
         message = f"the replica failed: {type(exc).__name__}: {exc}"
         return 500, _JSON, _error_body("internal_error", message)
+
+
+class _Runs:
+    """A streamed body cut at line ends into runs of about ``_RUN_BYTES``."""
+
+    def __init__(self, stream: BodyStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self.scanned = 0  # the buffer's first bytes that hold no line end
+        self.ended = False
+        self.line = 1  # the number of the first line of the run last given
+        self.next_line = 1
+
+    async def next(self) -> bytes | None:
+        """The next run of whole lines (the last may lack its line end); None after it."""
+        buffer = self.buffer
+        while True:
+            if self.ended:
+                if not buffer:
+                    return None
+                block = bytes(buffer)
+                buffer.clear()
+                break
+            if len(buffer) >= _RUN_BYTES:
+                cut = buffer.rfind(b"\n", self.scanned) + 1
+                if cut:
+                    with memoryview(buffer) as view:
+                        block = bytes(view[:cut])
+                    del buffer[:cut]
+                    self.scanned = 0
+                    break
+                if len(buffer) > _MAX_LINE:
+                    raise InvalidInputError(
+                        f"line {self.next_line} is longer than the {_MAX_LINE} bytes a row of "
+                        "a streamed body may have"
+                    )
+                self.scanned = len(buffer)
+            chunk = await self.stream.read()
+            if chunk:
+                buffer += chunk
+            else:
+                self.ended = True
+        self.line = self.next_line
+        self.next_line += block.count(b"\n")
+        return block
+
+
+def _line_answer(raw_accept: bytes | None, media_in: str) -> str | None:
+    """The line-oriented media type to answer a streamed body of ``media_in`` in; None when
+    Accept prefers (or allows only) another."""
+    if not raw_accept:
+        return media_in
+    for entry in raw_accept.decode("latin-1").split(","):
+        media = codecs.media_type(entry)
+        if media in codecs.LINE_MEDIA_TYPES:
+            return codecs.LINE_MEDIA_TYPES[media]
+        if media == "*/*":
+            return media_in
+        if media in codecs.MEDIA_TYPES or media == "application/*":
+            return None  # JSON or NPY first: answered whole, as before
+    return None
+
+
+def _row_count(outputs: Any) -> int | None:
+    """How many rows ``outputs`` answer (None when it cannot tell)."""
+    if isinstance(outputs, dict):
+        outputs = next(iter(outputs.values()), None)
+    try:
+        return len(outputs)
+    except TypeError:
+        return None
 
 
 def _encode(outputs: Any, media: str) -> bytes:
@@ -349,7 +553,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 async def _serve(app: ReplicaApp, args: argparse.Namespace) -> bool:
     """Serve until SIGTERM; False when the address cannot be served (say, the port is taken)."""
     # Idle connections live longer than the gateway keeps them, so it is the side that closes.
-    server = HttpServer(app, keepalive_s=75, errors=_server_error)
+    server = HttpServer(app, keepalive_s=75, errors=_server_error, streaming=app.streaming)
     try:
         if args.uds:
             with contextlib.suppress(FileNotFoundError):
