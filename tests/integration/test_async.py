@@ -4,6 +4,7 @@ while work is queued."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -299,3 +300,94 @@ def test_every_accepted_request_ends_once_when_a_process_dies(
     if what == "replica":
         events = " ".join(e["message"] for e in server.client.describe_endpoint("q")["events"])
         assert "exited with status -9" in events
+
+
+# -- a payload far bigger than what any process may hold --------------------------------------
+
+
+class PeakRss:
+    """Polls the resident memory of some processes from a thread; keeps each one's peak."""
+
+    def __init__(self, procs: dict[str, psutil.Process]) -> None:
+        self.procs = procs
+        self.base = {name: p.memory_info().rss for name, p in procs.items()}
+        self.peak = dict(self.base)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for name, proc in self.procs.items():
+                with contextlib.suppress(psutil.Error):
+                    self.peak[name] = max(self.peak[name], proc.memory_info().rss)
+
+    def growth_mb(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join(5)
+        return {name: (self.peak[name] - self.base[name]) / 2**20 for name in self.procs}
+
+
+def test_a_payload_of_hundreds_of_mb_streams_through_with_flat_memory(tmp_path: Path) -> None:
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2000, 100))
+    model = LogisticRegression(max_iter=200).fit(features, (features[:, 0] > 0).astype(int))
+    joblib.dump(model, tmp_path / "wide.joblib")
+    block = features[:1000]
+    text = "\n".join(",".join(f"{v:.3f}" for v in row) for row in block).encode() + b"\n"
+    repeats = (256 * 2**20) // len(text) + 1
+    payload = tmp_path / "big.csv"
+    with open(payload, "wb") as fh:
+        for _ in range(repeats):
+            fh.write(text)
+    size_mb = payload.stat().st_size / 2**20
+    assert size_mb > 250
+    write_yaml(
+        tmp_path / "endpoints.yaml",
+        [
+            {
+                "kind": "Model",
+                "name": "wide",
+                "spec": {"artifact": "wide.joblib", "runtime": "sklearn"},
+            },
+            {
+                "kind": "Endpoint",
+                "name": "big",
+                "spec": {"type": "async", "variants": [{"name": "v", "model": "wide"}]},
+            },
+        ],
+    )
+    server = ServerProcess(tmp_path / "state")
+    try:
+        server.client.apply_file(tmp_path / "endpoints.yaml")
+        assert server.client.wait_endpoint("big", timeout_s=120)["status"] == "InService"
+        (rep,) = server.client.describe_endpoint("big")["variants"][0]["replicas"]
+        watch = PeakRss(
+            {
+                "gateway": server.child("modelyard.dataplane.main"),
+                "replica": psutil.Process(rep["pid"]),
+                "control plane": server.child("modelyard.controlplane.main"),
+            }
+        )
+        queued = server.client.invoke_async("big", payload, content_type="text/csv")
+        view = server.client.wait_async("big", queued["inference_id"], timeout_s=110)
+        growth = watch.growth_mb()
+        print(f"peak RSS growth (MB) while {size_mb:.0f} MB went through: {growth}")
+        assert view["status"] == "Completed", view
+        assert view["input_bytes"] == payload.stat().st_size
+        with open(queued["output_location"][len("file://") :], "rb") as fh:
+            first = [next(fh) for _ in range(len(block))]
+            count = len(first) + sum(1 for _ in fh)
+        assert count == repeats * len(block)  # one answer per row, none lost or doubled
+        expected = model.predict(block)
+        assert [float(line) for line in first] == [float(v) for v in expected]
+        # Memory stays flat: nowhere near the payload's size in any process on the way.
+        assert all(mb < 100 for mb in growth.values()), (size_mb, growth)
+        # The uploaded input is removed once the request has ended.
+        assert not Path(view["input_location"][len("file://") :]).exists()
+    finally:
+        server.stop()

@@ -10,17 +10,8 @@ connection timeouts and a graceful shutdown. Parsing is httptools' (the parser u
 A handler gets a :class:`Request` and returns ``(status, headers, body)``; the server adds
 ``Content-Length``, ``Date`` and ``Connection`` headers.
 
-Streaming, for bodies too big to hold (opt-in, per request; a buffered request pays nothing for
-it). The ``streaming`` callback of :class:`HttpServer` sees each request's method, path and
-headers when its head is complete; when it answers a size limit, the request reaches the handler
-at once with ``body == b""`` and its body in ``request.stream``, a :class:`BodyStream` that
-gives the body chunk by chunk as it arrives. The server stops reading from the client while more
-than about 1 MiB of it waits unread, so memory stays bounded whatever the body's size. A handler
-that returns before the body has arrived whole gets its answer sent, then the connection closes
-(the rest is not read). Any answer may stream too: when the handler returns an async iterator of
-bytes instead of bytes, its chunks go out as a chunked body as they come, the iterator waiting
-whenever the client falls behind (write backpressure); if the iterator raises, the connection
-ends without the last chunk, so that the client sees the answer incomplete, not complete.
+Streamed request and answer bodies (opt-in, per request; a buffered request pays nothing for
+them) are in :mod:`modelyard.dataplane.streams`.
 """
 
 from __future__ import annotations
@@ -39,6 +30,14 @@ from typing import Any, cast
 
 import httptools
 
+# Defined in streams.py; the ``X as X`` imports keep them importable from here too.
+from modelyard.dataplane.streams import _STREAM_HIGH as _STREAM_HIGH
+from modelyard.dataplane.streams import BodyIncomplete as BodyIncomplete
+from modelyard.dataplane.streams import BodyStream as BodyStream
+from modelyard.dataplane.streams import BodyTooLarge as BodyTooLarge
+from modelyard.dataplane.streams import Streaming as Streaming
+from modelyard.dataplane.streams import write_chunked
+
 log = logging.getLogger("modelyard.http")
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -47,29 +46,12 @@ Answer = tuple[int, Headers, bytes]
 #: An answer whose body is sent chunk by chunk as the iterator gives it (chunked encoding).
 StreamedAnswer = tuple[int, Headers, AsyncIterator[bytes]]
 Handler = Callable[["Request"], Awaitable[Answer | StreamedAnswer]]
-#: ``streaming(method, path, headers)``: None to buffer a request's body, or the most bytes of
-#: body to stream to the handler.
-Streaming = Callable[[str, str, dict[bytes, bytes]], int | None]
 
 #: Pipelined requests a connection may queue before the server stops reading from it.
 _MAX_PIPELINED = 8
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: How long a refused connection is still read (and dropped) before it is closed.
 _LINGER_S = 2.0
-#: A streamed body stops being read while more than this waits unread; reading resumes once the
-#: handler has taken all but a quarter of it.
-_STREAM_HIGH = 1024 * 1024
-_STREAM_LOW = _STREAM_HIGH // 4
-
-
-class BodyTooLarge(Exception):
-    """A streamed request's body is over the limit the ``streaming`` callback gave it. The rest
-    of the body is not read: the connection closes after the handler's answer (413, say)."""
-
-
-class BodyIncomplete(ConnectionError):
-    """A streamed request's body ended early: the client closed the connection, sent nothing
-    for ``keepalive_s``, or broke the framing (a malformed chunk)."""
 
 
 class Request:
@@ -97,121 +79,6 @@ class _StreamedRequest(Request):
     ) -> None:
         super().__init__(method, path, query, headers, b"")
         self.stream = stream
-
-
-class BodyStream:
-    """A streamed request's body, in the order it arrives: ``await stream.read()`` gives the next
-    chunk, b"" at the end (or ``async for chunk in stream``).
-
-    ``read`` raises :class:`BodyTooLarge` past the size limit and :class:`BodyIncomplete` when
-    the body cannot arrive whole; the chunks received before either are given first. An
-    ``Expect: 100-continue`` is answered on the first ``read``. Only the request's handler (and
-    the answer it returns) may read it, one reader at a time.
-    """
-
-    __slots__ = (
-        "_buffered",
-        "_chunks",
-        "_complete",
-        "_conn",
-        "_error",
-        "_expects_continue",
-        "_limit",
-        "_received",
-        "_waiter",
-        "request",
-    )
-
-    def __init__(self, conn: _Protocol, limit: int, expects_continue: bool) -> None:
-        self._conn = conn
-        self._limit = limit
-        self._expects_continue = expects_continue
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0  # received, not yet read
-        self._received = 0
-        self._complete = False
-        self._error: tuple[type[Exception], str] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self.request: Request | None = None  # set once the request is made
-
-    @property
-    def received(self) -> int:
-        """Bytes of body received so far (read or not)."""
-        return self._received
-
-    async def read(self) -> bytes:
-        """The next chunk of the body; b"" once it has all been read."""
-        if self._expects_continue:
-            self._expects_continue = False
-            if self._received == 0 and not self._complete and self._error is None:
-                self._conn.send_continue()
-        while not self._chunks:
-            if self._error is not None:
-                kind, message = self._error
-                raise kind(message)
-            if self._complete:
-                return b""
-            await self._wait()
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self._buffered <= _STREAM_LOW:
-            self._conn.stream_drained()
-        return chunk
-
-    def __aiter__(self) -> BodyStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self.read()
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
-
-    async def _wait(self) -> None:
-        """Until more arrives, or the client has sent nothing for ``keepalive_s``."""
-        conn = self._conn
-        loop = conn.loop
-        waiter = self._waiter = loop.create_future()
-        try:
-            async with asyncio.timeout_at(conn.last_activity + conn.server.keepalive_s):
-                await waiter
-        except TimeoutError:
-            idle_s = loop.time() - conn.last_activity
-            if idle_s >= conn.server.keepalive_s:  # else a byte came that was not body: wait on
-                self.fail(BodyIncomplete, f"no data from the client for {idle_s:.0f} s")
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    # called by the connection ------------------------------------------------------------------
-    def feed(self, chunk: bytes) -> None:
-        self._received += len(chunk)
-        if self._received > self._limit:
-            self.fail(BodyTooLarge, f"request body larger than the limit of {self._limit} bytes")
-            self._conn.refused = True  # the rest is dropped, the connection closes after the answer
-            return
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > _STREAM_HIGH:
-            self._conn.pause_for_stream()
-        self._wake()
-
-    def end(self) -> None:
-        self._complete = True
-        self._wake()
-
-    def fail(self, kind: type[Exception], message: str) -> None:
-        if not self._complete and self._error is None:
-            self._error = (kind, message)
-            self._wake()
-
-    @property
-    def done(self) -> bool:
-        """The whole body has arrived (read or not): the connection is past it."""
-        return self._complete
 
 
 def _reason(status: int) -> bytes:
@@ -473,7 +340,7 @@ class _Protocol(asyncio.Protocol):
                             continue
                         return
                     self._write(*entry, keep_alive=False)  # the server's own refusal: the last
-                    self._linger()
+                    self.linger()
                     return
                 try:
                     status, headers, body = await self.server.handler(entry)
@@ -487,7 +354,7 @@ class _Protocol(asyncio.Protocol):
                 except TypeError:  # no len(): an iterator, to send chunk by chunk
                     if not isinstance(body, AsyncIterator):
                         raise
-                    if not await self._write_chunked(status, headers, body, keep_alive, head_only):
+                    if not await write_chunked(self, status, headers, body, keep_alive, head_only):
                         return
                 if not keep_alive:
                     self._close()
@@ -514,7 +381,7 @@ class _Protocol(asyncio.Protocol):
         head_only = request.method == "HEAD"
         keep_alive = keep_alive and not self.server.stopping
         if isinstance(body, AsyncIterator):
-            if not await self._write_chunked(status, headers, body, keep_alive, head_only):
+            if not await write_chunked(self, status, headers, body, keep_alive, head_only):
                 return False
         else:
             keep_alive = keep_alive and stream.done
@@ -525,57 +392,10 @@ class _Protocol(asyncio.Protocol):
             self._close()
         else:
             self.refused = True  # what is still coming of the body is dropped, unparsed
-            self._linger()
+            self.linger()
         return False
 
-    async def _write_chunked(
-        self,
-        status: int,
-        headers: Headers,
-        body: AsyncIterator[bytes],
-        keep_alive: bool,
-        head_only: bool,
-    ) -> bool:
-        """Send an answer whose body comes from an iterator, chunked, waiting whenever the client
-        falls behind. False when the answer could not be sent whole, and the connection is
-        closing: the client went, or the iterator raised (then what was sent is followed by the
-        end of the connection, not the last chunk, so that the client sees the answer
-        incomplete)."""
-        transport = self.transport
-        try:
-            if transport is None or self.closing:
-                return False
-            transport.write(
-                self._head(status, headers, b"transfer-encoding: chunked\r\n", keep_alive)
-            )
-            if head_only:
-                return True
-            async for chunk in body:
-                if self.closing:
-                    return False
-                if chunk:
-                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
-                    if not self.can_write.is_set():
-                        await self.can_write.wait()
-            if self.closing:
-                return False
-            transport.write(b"0\r\n\r\n")
-            return True
-        except Exception as exc:
-            if isinstance(exc, ConnectionError):  # a streamed request's client went, say
-                log.info("streamed answer abandoned: %s: %s", type(exc).__name__, exc)
-            else:
-                log.exception("streamed answer failed after it began")
-            self.refused = True  # what the client still sends is dropped
-            self._linger()
-            return False
-        finally:
-            aclose = getattr(body, "aclose", None)  # a generator left before its end: close it
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
-
-    def _head(self, status: int, headers: Headers, framing: bytes, keep_alive: bool) -> bytes:
+    def answer_head(self, status: int, headers: Headers, framing: bytes, keep_alive: bool) -> bytes:
         line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
         parts = [line, _CLOCK.header()]
         for name, value in headers:
@@ -609,7 +429,7 @@ class _Protocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _linger(self) -> None:
+    def linger(self) -> None:
         """Close after a refusal without losing the answer: closing a socket with unread input
         resets the connection, and a client still sending its body would not read our answer.
         So end our side, keep reading (and dropping) for a moment, then close."""

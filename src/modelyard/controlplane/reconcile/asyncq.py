@@ -25,6 +25,7 @@ of its own so an unreachable receiver never holds up the queue.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -32,13 +33,14 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from modelyard import inbox, storage, webhooks
@@ -122,7 +124,8 @@ class AsyncQueue:
         #: controller to notice and replace them, instead of burning requests' tries on them
         self._gone: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._http = httpx.Client(trust_env=False, timeout=httpx.Timeout(60.0, connect=5.0))
+        self._io_loop: asyncio.AbstractEventLoop | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._closing = False
 
     # start-up ------------------------------------------------------------------------------
@@ -295,12 +298,6 @@ class AsyncQueue:
 
     def _invoke(self, job: AsyncRecord, attempt: int, address: str, cfg: dict[str, Any]) -> None:
         timeout_s = float(job.timeout_s or cfg["invocation_timeout_s"])
-        try:
-            source = storage.open_read(job.input_uri)
-        except (OSError, ValueError, ModelyardError) as exc:
-            self._fail(job, attempt, f"cannot read the input at {job.input_uri}: {exc}")
-            return
-        deadline = time.monotonic() + timeout_s
         headers = {"content-type": job.content_type or "application/json"}
         if job.accept:
             headers["accept"] = job.accept
@@ -309,59 +306,90 @@ class AsyncQueue:
         headers["x-amzn-sagemaker-inference-id"] = job.client_inference_id or job.id
         if job.input_bytes is not None:
             headers["content-length"] = str(job.input_bytes)
+        exchange = self._exchange(job, f"{address}/invocations", headers, timeout_s)
+        outcome = asyncio.run_coroutine_threadsafe(exchange, self._loop()).result()
+        if isinstance(outcome, str):
+            self._fail(job, attempt, outcome)
+        else:
+            self._succeed(job, attempt, *outcome)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the exchanges with replicas run on (started on first use)."""
+        with self._lock:
+            if self._io_loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="async-io", daemon=True).start()
+                self._io_loop = loop
+            return self._io_loop
+
+    async def _exchange(
+        self, job: AsyncRecord, url: str, headers: dict[str, str], timeout_s: float
+    ) -> tuple[int, str] | str:
+        """Stream the input to the replica while streaming its answer to the result location
+        (both at once: a replica answers a big line-oriented body as it reads it, so a client
+        that sent everything before reading would stall it). Returns ``(size, content type)``,
+        or the reason the request failed; raises :class:`_Replaced` when the replica went away.
+        """
+        loop = asyncio.get_running_loop()
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+            )
+        try:
+            source = await loop.run_in_executor(None, storage.open_read, job.input_uri)
+        except (OSError, ValueError, ModelyardError) as exc:
+            return f"cannot read the input at {job.input_uri}: {exc}"
         read_error: list[BaseException] = []
 
-        def body() -> Iterator[bytes]:
-            try:
-                while chunk := source.read(_CHUNK):
-                    yield chunk
-            except OSError as exc:
-                read_error.append(exc)
-                raise
+        async def body() -> AsyncIterator[bytes]:
+            while True:
+                try:
+                    chunk = await loop.run_in_executor(None, source.read, _CHUNK)
+                except OSError as exc:
+                    read_error.append(exc)
+                    raise
+                if not chunk:
+                    return
+                yield chunk
 
         out_uri = result_uri(job.output_location, job.id)
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5.0)
         try:
-            with (
-                source,
-                self._http.stream(
-                    "POST",
-                    f"{address}/invocations",
-                    content=body(),
-                    headers=headers,
-                    timeout=httpx.Timeout(timeout_s, connect=5.0),
-                ) as resp,
-            ):
-                if resp.status_code >= 300:
-                    detail = _error_detail(resp)
-                    self._fail(job, attempt, f"the model answered {resp.status_code}: {detail}")
-                    return
+            async with self._session.post(
+                url, data=body(), headers=headers, timeout=timeout
+            ) as resp:
+                if resp.status >= 300:
+                    detail = _error_detail(await resp.content.read(_ERROR_BODY_MAX))
+                    return f"the model answered {resp.status}: {detail}"
+                writer = storage.atomic_write(out_uri)
+                sink = await loop.run_in_executor(None, writer.__enter__)
                 size = 0
-                with storage.atomic_write(out_uri) as sink:
-                    for chunk in resp.iter_bytes(_CHUNK):
-                        sink.write(chunk)
+                try:
+                    async for chunk in resp.content.iter_chunked(_CHUNK):
+                        await loop.run_in_executor(None, sink.write, chunk)
                         size += len(chunk)
-                        if time.monotonic() > deadline:
-                            raise httpx.ReadTimeout("deadline")
-                content_type = resp.headers.get("content-type", "")
-        except httpx.TimeoutException:
-            storage.remove(out_uri)
-            self._fail(job, attempt, f"the model did not answer within {timeout_s:g} s")
-            return
-        except (httpx.TransportError, httpx.StreamError) as exc:
+                except BaseException as exc:
+                    await loop.run_in_executor(None, writer.__exit__, type(exc), exc, None)
+                    raise
+                await loop.run_in_executor(None, writer.__exit__, None, None, None)
+                return size, resp.headers.get("content-type", "")
+        except TimeoutError:
+            await loop.run_in_executor(None, storage.remove, out_uri)
+            return f"the model did not answer within {timeout_s:g} s"
+        except aiohttp.ClientConnectorError as exc:
+            raise _Replaced("the replica could not be reached", reached=False) from exc
+        except (aiohttp.ClientError, ConnectionError) as exc:
             if read_error:
-                self._fail(
-                    job, attempt, f"cannot read the input at {job.input_uri}: {read_error[0]}"
-                )
-                return
-            if isinstance(exc, httpx.ConnectError):
-                raise _Replaced("the replica could not be reached", reached=False) from exc
+                return f"cannot read the input at {job.input_uri}: {read_error[0]}"
             raise _Replaced(
                 f"the replica went away while it ran ({type(exc).__name__})", reached=True
             ) from exc
         except OSError as exc:
-            self._fail(job, attempt, f"cannot write the result to {out_uri}: {exc}")
-            return
-        self._succeed(job, attempt, size, content_type)
+            if read_error:
+                return f"cannot read the input at {job.input_uri}: {read_error[0]}"
+            return f"cannot write the result to {out_uri}: {exc}"
+        finally:
+            await loop.run_in_executor(None, source.close)
 
     # finishing -----------------------------------------------------------------------------
     def _get(self, inference_id: str) -> AsyncRecord | None:
@@ -527,12 +555,7 @@ class AsyncQueue:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _error_detail(resp: httpx.Response) -> str:
-    data = b""
-    for chunk in resp.iter_bytes():
-        data += chunk
-        if len(data) >= _ERROR_BODY_MAX:
-            break
+def _error_detail(data: bytes) -> str:
     text = data[:_ERROR_BODY_MAX].decode("utf-8", "replace")
     with contextlib.suppress(ValueError, AttributeError, TypeError):
         parsed = json.loads(text)
