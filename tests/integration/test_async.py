@@ -101,6 +101,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
             _models(tmp),
             _endpoint("work", max_concurrent_invocations_per_instance=1, idle_timeout_s=600),
             _endpoint("zero", idle_timeout_s=1),
+            _endpoint("doomed", max_concurrent_invocations_per_instance=1),
             _endpoint(
                 "hooked",
                 idle_timeout_s=600,
@@ -117,7 +118,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
     proc = ServerProcess(tmp / "state")
     try:
         proc.client.apply_file(tmp / "endpoints.yaml")
-        for name in ("work", "zero", "hooked"):
+        for name in ("work", "zero", "hooked", "doomed"):
             assert proc.client.wait_endpoint(name, timeout_s=120)["status"] == "InService"
         yield proc
     finally:
@@ -195,6 +196,24 @@ def test_bad_async_requests_are_refused_before_anything_is_stored(server: Server
     assert sync.status_code == 400 and "async-invocations" in sync.json()["message"]
     with pytest.raises(UserError):
         server.client.invoke_async("work")
+
+
+def test_deleting_an_endpoint_fails_its_queued_requests(server: ServerProcess) -> None:
+    busy = server.client.invoke_async("doomed", json.dumps({"n": 9, "sleep": 2}))
+    waiting = [server.client.invoke_async("doomed", json.dumps({"n": n})) for n in (10, 11)]
+    wait_for(
+        lambda: (
+            server.client.async_invocation("doomed", busy["inference_id"])["status"] == "Running"
+        ),
+        30,
+        what="the first request to run",
+    )
+    server.client.delete_endpoint("doomed", wait=True)
+    for item in waiting:  # each still ends with exactly one outcome: a failure that says why
+        failure = json.loads(_read(item["failure_location"]))
+        assert failure["failureReason"] == "the endpoint was deleted before it ran"
+        assert not _exists(item["output_location"])
+    assert _exists(busy["output_location"]) != _exists(busy["failure_location"])
 
 
 def test_scales_to_zero_when_idle_and_from_zero_on_a_request(server: ServerProcess) -> None:

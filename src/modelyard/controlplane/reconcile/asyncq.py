@@ -201,12 +201,22 @@ class AsyncQueue:
         return added
 
     def expire(self) -> None:
+        """Fail requests that waited past their TTL, and those of endpoints being deleted."""
         now = self.clock()
         with self.store.tx() as repo:
-            stale = [
-                j for j in repo.list_async(states=("queued",), limit=1000) if j.expires_at <= now
+            orphans = [
+                job
+                for e in repo.list_endpoints()
+                if e.deleting
+                for job in repo.list_async(e.name, ("queued",), limit=1000)
             ]
+            stale = repo.list_async(states=("queued",), limit=1000, expires_before=now)
+        for job in orphans:
+            self._fail(job, job.attempt, "the endpoint was deleted before it ran", "queued")
+        orphaned = {job.id for job in orphans}
         for job in stale:
+            if job.id in orphaned:
+                continue
             waited = now - job.created_at
             self._fail(
                 job,

@@ -392,10 +392,13 @@ class Repo:
         states: tuple[str, ...] | None = None,
         limit: int = 100,
         oldest_first: bool = True,
+        expires_before: float | None = None,
     ) -> list[AsyncRecord]:
         query = select(AsyncInvocationRow)
         if endpoint is not None:
             query = query.where(AsyncInvocationRow.endpoint == endpoint)
+        if expires_before is not None:
+            query = query.where(AsyncInvocationRow.expires_at <= expires_before)
         if states is not None:
             query = query.where(AsyncInvocationRow.state.in_(states))
         order = AsyncInvocationRow.created_at

@@ -119,7 +119,10 @@ class AsyncInvocationRow(Base):
     """
 
     __tablename__ = "async_invocations"
-    __table_args__ = (Index("ix_async_invocations_endpoint_state", "endpoint", "state"),)
+    __table_args__ = (
+        Index("ix_async_invocations_endpoint_state", "endpoint", "state"),
+        Index("ix_async_invocations_state_expires_at", "state", "expires_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     endpoint: Mapped[str] = mapped_column(String(63))

@@ -51,6 +51,9 @@ def upgrade() -> None:
     op.create_index(
         "ix_async_invocations_endpoint_state", "async_invocations", ["endpoint", "state"]
     )
+    op.create_index(
+        "ix_async_invocations_state_expires_at", "async_invocations", ["state", "expires_at"]
+    )
     op.create_table(
         "notifications",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
