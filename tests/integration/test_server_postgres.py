@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,11 @@ def test_server_on_postgres(tmp_path: Path, fresh_postgres_url: str) -> None:
                 "name": "ep",
                 "spec": {"variants": [{"name": "primary", "model": "m"}]},
             },
+            {
+                "kind": "Endpoint",
+                "name": "queue",
+                "spec": {"type": "async", "variants": [{"name": "primary", "model": "m"}]},
+            },
         ],
     )
     server = ServerProcess(tmp_path / "state", "--store-url", fresh_postgres_url)
@@ -43,5 +49,15 @@ def test_server_on_postgres(tmp_path: Path, fresh_postgres_url: str) -> None:
         assert again["status"] == "InService"
         assert {r["pid"] for v in again["variants"] for r in v["replicas"]} == pids
         assert server.invoke("ep", {"instances": [[0.1, 0.2, 0.3, 0.4]]}).status_code == 200
+
+        # The async queue's claims and conditional finishes on PostgreSQL.
+        assert server.client.wait_endpoint("queue", timeout_s=120)["status"] == "InService"
+        queued = [
+            server.client.invoke_async("queue", json.dumps({"instances": [[0.1, 0.2, 0.3, n]]}))
+            for n in range(5)
+        ]
+        for item in queued:
+            view = server.client.wait_async("queue", item["inference_id"], timeout_s=60)
+            assert view["status"] == "Completed" and view["attempts"] == 1
     finally:
         server.stop()
