@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from harness import machine, report
+from harness import coldstart, machine, report
 from harness.common import (
     BATCH_ROWS,
     BATCHING,
@@ -64,10 +64,12 @@ class Defaults:
     levels: tuple[int, ...]
     warmup_s: float
     duration_s: float
+    cold_start_rounds: int
 
 
-DEFAULTS = Defaults(levels=(1, 16, 64), warmup_s=3.0, duration_s=10.0)
-QUICK = Defaults(levels=(1, 16, 64), warmup_s=0.3, duration_s=1.0)
+DEFAULTS = Defaults(levels=(1, 16, 64), warmup_s=3.0, duration_s=10.0, cold_start_rounds=5)
+QUICK = Defaults(levels=(1, 16, 64), warmup_s=0.3, duration_s=1.0, cold_start_rounds=2)
+COLD_START_ENDPOINT = "w1-tiny-serverless"
 HANDLER = "async"  # the hand-written server's handler; see bench/baselines/handwritten.py
 
 
@@ -81,6 +83,7 @@ class Settings:
     batching_replicas: int
     generator: str  # "wrk" or "python"
     handler: str
+    cold_start_rounds: int  # 0: not measured
     quick: bool
     out_dir: Path
     latest: bool  # also write latest.json/.md
@@ -95,6 +98,7 @@ class Settings:
             "batching_replicas": self.batching_replicas,
             "generator": self.generator,
             "handwritten_handler": self.handler,
+            "cold_start_rounds": self.cold_start_rounds,
             "quick": self.quick,
             "platform_batching": dict(BATCHING),
             "request": f'{{"instances": [[{N_FEATURES} floats]]}} as application/json',
@@ -202,6 +206,18 @@ def parse_args(argv: list[str] | None) -> Settings:
         "bench/baselines/handwritten.py) or def",
     )
     parser.add_argument(
+        "--cold-start-rounds",
+        type=int,
+        metavar="N",
+        help="serverless cold-start rounds on W1 (default: 5, --quick: 2); each waits until a "
+        "serverless endpoint (idle_timeout_s 1) has scaled to zero, ~3 s, then times one request",
+    )
+    parser.add_argument(
+        "--no-cold-start",
+        action="store_true",
+        help="skip the serverless cold-start measurement (it also does not run without W1)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         metavar="DIR",
@@ -212,7 +228,14 @@ def parse_args(argv: list[str] | None) -> Settings:
         parser.error("--workers must be at least 1")
     if args.batching_replicas < 1:
         parser.error("--batching-replicas must be at least 1")
+    if args.cold_start_rounds is not None and args.cold_start_rounds < 1:
+        parser.error("--cold-start-rounds must be at least 1 (--no-cold-start skips them)")
     defaults = QUICK if args.quick else DEFAULTS
+    workloads = args.workloads or list(WORKLOADS.values())
+    if args.no_cold_start or WORKLOADS["W1"] not in workloads:
+        cold_start_rounds = 0
+    else:
+        cold_start_rounds = args.cold_start_rounds or defaults.cold_start_rounds
     generator = args.generator
     if generator == "auto":
         generator = "wrk" if wrk_path() else "python"
@@ -229,7 +252,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     else:
         out_dir, latest = RESULTS_DIR, True
     return Settings(
-        workloads=args.workloads or list(WORKLOADS.values()),
+        workloads=workloads,
         levels=args.levels or list(defaults.levels),
         warmup_s=float(args.warmup or defaults.warmup_s),
         duration_s=duration,
@@ -237,6 +260,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         batching_replicas=args.batching_replicas,
         generator=generator,
         handler=args.handwritten_handler,
+        cold_start_rounds=cold_start_rounds,
         quick=args.quick,
         out_dir=out_dir,
         latest=latest,
@@ -452,6 +476,13 @@ class Bench:
                 for level in s.levels:
                     self._measure(workload, target, url, processes, prepared, level)
 
+        cold_start = None
+        if s.cold_start_rounds:
+            w1 = WORKLOADS["W1"]
+            cold_start = self._cold_start(
+                platform, w1.slug, body, prepared.expected[w1.id], s.cold_start_rounds
+            )
+
         document = report.build(
             machine=machine.describe(generator_description),
             settings=s.as_json(),
@@ -459,8 +490,47 @@ class Bench:
             labels=self.labels,
             measurements=self.measurements,
             raw=raw,
+            cold_start=cold_start,
         )
         return document
+
+    def _cold_start(
+        self,
+        platform: Platform,
+        model: str,
+        body: bytes,
+        expected: list[list[float]],
+        rounds: int,
+    ) -> dict[str, Any]:
+        """The serverless cold-start rounds (harness/coldstart.py), after every throughput run:
+        applied only now, so that its standby interpreter and replicas are in no other number."""
+        say(
+            f"[W1] serverless cold start: endpoint {COLD_START_ENDPOINT} "
+            f"(idle_timeout_s {coldstart.IDLE_TIMEOUT_S}), {rounds} rounds"
+        )
+        platform.deploy_serverless(COLD_START_ENDPOINT, model, coldstart.IDLE_TIMEOUT_S)
+        assert platform.client is not None
+        result = coldstart.measure(
+            platform.client,
+            COLD_START_ENDPOINT,
+            platform.invocations_url(COLD_START_ENDPOINT),
+            body,
+            expected,
+            rounds,
+            say,
+        )
+        for entry in result["rounds"]:
+            for error in entry["errors"]:
+                self.failed_runs.append(
+                    f"W1 serverless cold start, round {entry['round']}: {error}"
+                )
+        for problem in result["problems"]:
+            say(f"[W1] serverless cold start: {problem}")
+        say(
+            f"[W1] serverless cold start: cold median {result['cold_ms_median']} ms, max "
+            f"{result['cold_ms_max']} ms; warm median {result['warm_ms_median']} ms"
+        )
+        return result
 
     def _measure(
         self,

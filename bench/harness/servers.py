@@ -245,6 +245,39 @@ class Platform:
             }
         return names
 
+    def deploy_serverless(self, name: str, model: str, idle_timeout_s: int) -> None:
+        """A serverless endpoint of the (already applied) Model ``model`` that scales to zero
+        after ``idle_timeout_s``; waits until it is in service (with its first replica)."""
+        assert self.client is not None, "wait() first"
+        document = {
+            "kind": "Endpoint",
+            "name": name,
+            "spec": {
+                "type": "serverless",
+                "serverless": {
+                    "memory_mb": 2048,
+                    "max_concurrency": 20,
+                    "provisioned_concurrency": 0,
+                    "idle_timeout_s": idle_timeout_s,
+                },
+                # No `resources.cpus`: a replica with thread limits cannot be handed to the
+                # standby interpreter (executors/local.py), so it would start cold (~1.1 s here).
+                "variants": [{"name": "main", "model": model}],
+            },
+        }
+        try:
+            self.client.apply([document])
+        except ModelyardError as exc:
+            raise HarnessError(f"the platform refused the serverless endpoint: {exc}") from exc
+        self.child.check_running()
+        try:
+            view = self.client.wait_endpoint(name, timeout_s=START_TIMEOUT_S)
+        except ModelyardError as exc:
+            raise HarnessError(f"platform endpoint {name} did not come up: {exc}") from exc
+        if view["status"] != "InService":
+            events = "; ".join(e["message"] for e in view.get("events", [])[-5:])
+            raise HarnessError(f"platform endpoint {name} is {view['status']}: {events}")
+
     def invocations_url(self, endpoint: str) -> str:
         return f"{self.gateway_url}/endpoints/{endpoint}/invocations"
 
