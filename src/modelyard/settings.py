@@ -34,6 +34,8 @@ class ServerSettings:
     route_sync_interval_s: float = 0.25
     #: how often the async dispatcher looks for new requests (the gateway's inbox) and free slots
     async_poll_interval_s: float = 0.1
+    #: how long finished async requests stay queryable (their result files stay regardless)
+    async_retention_s: float = 7 * 24 * 3600.0
     #: serverless endpoints' payload limit
     serverless_max_payload_bytes: int = 4 * 1024 * 1024
     #: async endpoints' payload limit (streamed, never held in memory)

@@ -266,3 +266,56 @@ def test_in_memory_sqlite_keeps_data_between_transactions() -> None:
             assert repo.get_model("m") is not None
     finally:
         store.close()
+
+
+def _queue(repo: object, inference_id: str, **values: object) -> None:
+    fields: dict[str, object] = {
+        "id": inference_id,
+        "endpoint": "e",
+        "input_uri": "file:///in",
+        "output_location": "file:///out",
+        "failure_location": "file:///out",
+        "created_at": 1.0,
+        "expires_at": 100.0,
+    }
+    assert repo.add_async(**{**fields, **values})  # type: ignore[attr-defined]
+
+
+def test_an_async_request_is_claimed_and_finished_by_one_attempt_only(store: Store) -> None:
+    with store.tx() as repo:
+        repo.create_endpoint("e", 1.0)
+        _queue(repo, "a")
+        assert not repo.add_async(
+            id="a",
+            endpoint="e",
+            input_uri="x",
+            output_location="x",
+            failure_location="x",
+            created_at=1.0,
+            expires_at=2.0,
+        )  # the same inbox entry read twice adds nothing
+    with store.tx() as repo:
+        assert repo.update_async_if("a", "queued", 0, state="running", attempt=1)
+        assert not repo.update_async_if("a", "queued", 0, state="running", attempt=1)
+        assert not repo.update_async_if("a", "running", 0, state="succeeded")  # a stale attempt
+        assert repo.update_async_if("a", "running", 1, state="succeeded", finished_at=5.0)
+        assert repo.backlog() == {}
+        assert repo.async_totals("e") == {"succeeded": 1}
+
+
+def test_finished_async_requests_are_forgotten_after_their_retention(store: Store) -> None:
+    with store.tx() as repo:
+        repo.create_endpoint("e", 1.0)
+        _queue(repo, "old", state="failed", finished_at=10.0)
+        _queue(repo, "recent", state="succeeded", finished_at=50.0)
+        _queue(repo, "waiting")
+        repo.add_notification("e", "old", "http://x", "{}", 10.0)
+        repo.update_notification(1, state="delivered")
+    with store.tx() as repo:
+        assert repo.purge_async(finished_before=20.0) == 1
+    with store.tx() as repo:
+        assert repo.get_async("old") is None
+        assert repo.get_async("recent") is not None and repo.get_async("waiting") is not None
+        assert repo.list_notifications("old") == []
+        backlog = repo.backlog()["e"]
+        assert (backlog.queued, backlog.running, backlog.oldest_queued_at) == (1, 0, 1.0)

@@ -32,7 +32,12 @@ def main() -> None:
         max_start_attempts=settings.max_start_attempts,
     )
     controller = EndpointController(store, executor, settings.logs_dir, cfg)
-    queue = AsyncQueue(store, inbox.inbox_dir(settings.run_dir), wake_controller=controller.wake)
+    queue = AsyncQueue(
+        store,
+        inbox.inbox_dir(settings.run_dir),
+        wake_controller=controller.wake,
+        retention_s=settings.async_retention_s,
+    )
     notifier = Notifier(store)
     ctx = Context(
         store=store,

@@ -56,6 +56,8 @@ _ERROR_BODY_MAX = 64 * 1024
 #: Seconds between a notification's delivery tries (then it is given up).
 NOTIFY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 NOTIFY_TIMEOUT_S = 5.0
+#: How often finished requests past their retention are forgotten.
+SWEEP_EVERY_S = 60.0
 #: How long a replica that dropped a request is left out of dispatch.
 GONE_FOR_S = 5.0
 
@@ -111,6 +113,7 @@ class AsyncQueue:
         clock: Callable[[], float] = time.time,
         wake_controller: threading.Event | None = None,
         max_workers: int = 64,
+        retention_s: float = 7 * 24 * 3600.0,
     ) -> None:
         self.store = store
         self.inbox_dir = inbox_dir
@@ -118,6 +121,8 @@ class AsyncQueue:
         self.wake = threading.Event()
         self.wake_controller = wake_controller
         self.dispatcher_id = secrets.token_hex(8)
+        self.retention_s = retention_s
+        self._next_sweep = 0.0
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="async-dispatch")
         self._inflight: dict[str, int] = {}  # replica id → requests sent to it
         #: replicas found gone (address → until when): skipped for a while, time for the
@@ -157,6 +162,18 @@ class AsyncQueue:
             self.wake_controller.set()  # scale from zero now, not at the next interval
         self.expire()
         self.dispatch()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Retention: forget requests finished longer than ``retention_s`` ago."""
+        with self.store.tx() as repo:
+            forgotten = repo.purge_async(self.clock() - self.retention_s)
+        if forgotten:
+            log.info(
+                "forgot %d async requests finished over %.0f s ago", forgotten, self.retention_s
+            )
 
     def ingest(self) -> int:
         """Move inbox entries into the queue; returns how many were new."""

@@ -453,6 +453,27 @@ class Repo:
         )
         return {state: int(count) for state, count in rows}
 
+    def purge_async(self, finished_before: float) -> int:
+        """Forget finished requests (and settled notifications) older than a cutoff: their result
+        and failure files stay where they were written."""
+        done = self.s.execute(
+            delete(AsyncInvocationRow)
+            .where(
+                AsyncInvocationRow.state.in_(("succeeded", "failed")),
+                AsyncInvocationRow.finished_at < finished_before,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        self.s.execute(
+            delete(NotificationRow)
+            .where(
+                NotificationRow.state.in_(("delivered", "failed")),
+                NotificationRow.created_at < finished_before,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(done, "rowcount", 0) or 0)
+
     # notifications
     def add_notification(
         self, endpoint: str, inference_id: str, url: str, body: str, now: float
