@@ -210,7 +210,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         type=int,
         metavar="N",
         help="serverless cold-start rounds on W1 (default: 5, --quick: 2); each waits until a "
-        "serverless endpoint (idle_timeout_s 1) has scaled to zero, ~3 s, then times one request",
+        "serverless endpoint (idle_timeout_s 1) has scaled to zero, ~4 s, then times one request",
     )
     parser.add_argument(
         "--no-cold-start",
