@@ -40,19 +40,33 @@ def put(folder: Path, entry: dict[str, Any]) -> None:
 
 
 def entries(folder: Path, limit: int = 500) -> list[tuple[Path, dict[str, Any]]]:
-    """Entries waiting, oldest first (an unreadable one is skipped until it can be read)."""
+    """Up to ``limit`` entries waiting, oldest first (only those are read; an unreadable one is
+    skipped until it can be read)."""
     try:
-        names = [n for n in os.listdir(folder) if n.endswith(_SUFFIX)]
+        with os.scandir(folder) as scan:
+            found = [
+                (item.stat().st_mtime, Path(item.path))
+                for item in scan
+                if item.name.endswith(_SUFFIX) and item.is_file()
+            ]
     except FileNotFoundError:
         return []
-    found: list[tuple[float, Path, dict[str, Any]]] = []
-    for name in names:
-        path = folder / name
+    found.sort()
+    out: list[tuple[Path, dict[str, Any]]] = []
+    for _, path in found[:limit]:
         with contextlib.suppress(OSError, ValueError):
             entry = json.loads(path.read_bytes())
-            found.append((float(entry.get("received_at", 0.0)), path, entry))
-    found.sort(key=lambda item: item[0])
-    return [(path, entry) for _, path, entry in found[:limit]]
+            if isinstance(entry, dict):
+                out.append((path, entry))
+    return out
+
+
+def set_aside(path: Path) -> None:
+    """Move an entry that cannot be queued out of the way (into ``bad/``), for a person to see."""
+    bad = path.parent / "bad"
+    bad.mkdir(exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, bad / path.name)
 
 
 def peek(folder: Path, inference_id: str) -> dict[str, Any] | None:

@@ -49,9 +49,37 @@ def join(uri: str, name: str) -> str:
 
 
 def open_read(uri: str) -> Any:
-    """A binary file object to read ``uri`` in chunks (never the whole thing at once)."""
+    """A binary file object to read ``uri`` in chunks (never the whole thing at once). A local
+    path must be a regular file (not a pipe or a device, which could block a reader forever)."""
+    if is_local(uri):
+        path = local_path(uri)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no regular file at {path}")
+        return open(path, "rb")
     fs, path = filesystem(uri)
     return fs.open(path, "rb")
+
+
+def within(uri: str, prefixes: list[str]) -> bool:
+    """Whether ``uri`` lies under one of ``prefixes`` (local paths compared after resolving
+    ``..`` and symbolic links; other URIs by prefix, a whole path segment at a time)."""
+    if is_local(uri):
+        path = os.path.realpath(local_path(uri))
+        for prefix in prefixes:
+            if is_local(prefix):
+                root = os.path.realpath(local_path(prefix))
+                if os.path.commonpath([path, root]) == root:
+                    return True
+        return False
+    if "/../" in uri or uri.endswith("/.."):
+        return False
+    for prefix in prefixes:
+        if is_local(prefix):
+            continue
+        root = prefix.rstrip("/")
+        if uri == root or uri.startswith(root + "/"):
+            return True
+    return False
 
 
 @contextmanager
@@ -76,8 +104,18 @@ def atomic_write(uri: str) -> Iterator[Any]:
             raise
         return
     fs, path = filesystem(uri)
-    with fs.open(path, "wb") as fh:
+    fh = fs.open(path, "wb")
+    try:
         yield fh
+    except BaseException:
+        # An object store publishes an object when its upload is closed: abort it instead.
+        discard = getattr(fh, "discard", None)
+        if discard is not None:
+            discard()
+        else:
+            fh.close()
+        raise
+    fh.close()
 
 
 def remove(uri: str) -> None:

@@ -49,6 +49,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     root = tmp_path_factory.mktemp("e2e-async")
     model = make_sklearn_model(root / "model.joblib")
     (root / "holder").mkdir()
+    (root / "inputs").mkdir()
     (root / "holder" / "holder.py").write_text(HOLDER_SOURCE)
     spec = write_yaml(
         root / "endpoints.yaml",
@@ -70,7 +71,11 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             {
                 "kind": "Endpoint",
                 "name": "jobs",
-                "spec": {"type": "async", "variants": [{"name": "v", "model": "m"}]},
+                "spec": {
+                    "type": "async",
+                    "async": {"input_locations": [str(root / "inputs")]},
+                    "variants": [{"name": "v", "model": "m"}],
+                },
             },
             {
                 "kind": "Endpoint",
@@ -106,7 +111,7 @@ def _runtime(server: ServerProcess) -> Any:
 def test_boto3_invoke_endpoint_async_with_an_input_location(deployed: dict[str, Any]) -> None:
     server, root = deployed["server"], deployed["root"]
     rows = np.random.default_rng(0).normal(size=(5, 4))
-    stored = root / "rows.csv"
+    stored = root / "inputs" / "rows.csv"
     stored.write_text("\n".join(",".join(str(v) for v in row) for row in rows) + "\n")
     resp = _runtime(server).invoke_endpoint_async(
         EndpointName="jobs",
@@ -136,11 +141,15 @@ def test_cli_invoke_async_streams_a_file_and_waits(deployed: dict[str, Any]) -> 
     done = cli(server.state_dir, "invoke", "jobs", "--async", "--file", str(body), "--wait")
     assert done.returncode == 0, done.stderr
     assert "inference id:" in done.stdout and "Completed: file://" in done.stdout
+    refused = cli(server.state_dir, "invoke", "jobs", "--async", "--input-location", "/etc/hosts")
+    assert refused.returncode == 1
+    assert "not under the endpoint's async.input_locations" in refused.stderr
+    nothing = str(root / "inputs" / "nothing.json")
     missing = cli(
-        server.state_dir, "invoke", "jobs", "--async", "--input-location", "/nowhere.json", "--wait"
+        server.state_dir, "invoke", "jobs", "--async", "--input-location", nothing, "--wait"
     )
     assert missing.returncode == 1
-    assert "cannot read the input at /nowhere.json" in missing.stderr
+    assert f"cannot read the input at {nothing}" in missing.stderr
     described = cli(server.state_dir, "describe", "endpoint", "jobs")
     assert "Type:       async" in described.stdout and "Webhook secret:" in described.stdout
 

@@ -19,7 +19,7 @@ import pytest
 from tests.support import ServerProcess, wait_for, write_yaml
 
 from modelyard import webhooks
-from modelyard.errors import UserError
+from modelyard.errors import InvalidInputError, UserError
 
 WORKER_SOURCE = """
 import os, time
@@ -99,7 +99,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
         tmp / "endpoints.yaml",
         [
             _models(tmp),
-            _endpoint("work", max_concurrent_invocations_per_instance=1, idle_timeout_s=600),
+            _endpoint(
+                "work",
+                max_concurrent_invocations_per_instance=1,
+                idle_timeout_s=600,
+                input_locations=[str(tmp / "inputs")],
+            ),
             _endpoint("zero", idle_timeout_s=1),
             _endpoint("doomed", max_concurrent_invocations_per_instance=1),
             _endpoint(
@@ -115,7 +120,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
             ),
         ],
     )
+    (tmp / "inputs").mkdir()
     proc = ServerProcess(tmp / "state")
+    proc.inputs = tmp / "inputs"  # type: ignore[attr-defined]
     try:
         proc.client.apply_file(tmp / "endpoints.yaml")
         for name in ("work", "zero", "hooked", "doomed"):
@@ -146,10 +153,8 @@ def test_queued_request_ends_with_its_result(server: ServerProcess) -> None:
     assert queued["inference_id"] in [item["inference_id"] for item in listed]
 
 
-def test_payload_named_by_input_location_is_read_from_storage(
-    server: ServerProcess, tmp_path: Path
-) -> None:
-    stored = tmp_path / "input.json"
+def test_payload_named_by_input_location_is_read_from_storage(server: ServerProcess) -> None:
+    stored = server.inputs / "input.json"  # type: ignore[attr-defined]
     stored.write_text(json.dumps({"n": 2}))
     queued = server.client.invoke_async("work", input_location=f"file://{stored}")
     view = server.client.wait_async("work", queued["inference_id"], timeout_s=60)
@@ -160,10 +165,11 @@ def test_payload_named_by_input_location_is_read_from_storage(
 
 
 def test_model_error_and_unreadable_input_end_as_failures_with_reasons(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess,
 ) -> None:
     refused = server.client.invoke_async("work", json.dumps({"n": 3, "fail": True}))
-    missing = server.client.invoke_async("work", input_location=f"file://{tmp_path}/nothing.json")
+    nothing = f"file://{server.inputs}/nothing.json"  # type: ignore[attr-defined]
+    missing = server.client.invoke_async("work", input_location=nothing)
     for queued, reason in (
         (refused, "the worker refuses this one"),
         (missing, "cannot read the input"),
@@ -174,6 +180,20 @@ def test_model_error_and_unreadable_input_end_as_failures_with_reasons(
         failure = json.loads(_read(queued["failure_location"]))
         assert reason in failure["failureReason"]
         assert not _exists(queued["output_location"])
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["/etc/hostname", "{inputs}/../elsewhere.json", "{inputs}-sibling/x.json", "s3://bucket/x"],
+)
+def test_input_locations_outside_the_allowed_prefixes_are_refused(
+    server: ServerProcess, location: str
+) -> None:
+    location = location.format(inputs=server.inputs)  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInputError, match=r"not under the endpoint's async\.input_locations"):
+        server.client.invoke_async("work", input_location=location)
+    with pytest.raises(InvalidInputError, match="none are set"):  # "zero" allows none
+        server.client.invoke_async("zero", b"{}", input_location=location)
 
 
 def test_request_still_queued_after_its_ttl_expires(server: ServerProcess) -> None:

@@ -31,13 +31,18 @@ def test_inbox_entries_come_back_oldest_first_and_leave_once_done(tmp_path: Path
     folder = tmp_path / "inbox"
     inbox.put(folder, {"id": "b", "endpoint": "e", "received_at": 2.0})
     inbox.put(folder, {"id": "a", "endpoint": "e", "received_at": 1.0})
+    os.utime(folder / "b.json", (2.0, 2.0))  # written second
+    os.utime(folder / "a.json", (1.0, 1.0))
     (folder / ".c.tmp").write_text("{half")  # a write that never finished is not an entry
+    assert [e["id"] for _, e in inbox.entries(folder, limit=1)] == ["a"]
     found = inbox.entries(folder)
     assert [e["id"] for _, e in found] == ["a", "b"]
     assert inbox.peek(folder, "b") == {"id": "b", "endpoint": "e", "received_at": 2.0}
     inbox.done(found[0][0])
     assert [e["id"] for _, e in inbox.entries(folder)] == ["b"]
     assert inbox.entries(tmp_path / "missing") == []
+    inbox.set_aside(folder / "b.json")  # a malformed entry is moved out of the way
+    assert inbox.entries(folder) == [] and (folder / "bad" / "b.json").exists()
 
 
 def test_atomic_write_publishes_whole_files_only(tmp_path: Path) -> None:

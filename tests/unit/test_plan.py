@@ -600,3 +600,22 @@ def test_serverless_memory_limit_is_its_memory_size() -> None:
         endpoint(active=1), {1: rev}, [replica("r1")], {"r1": big}, 10.0, CFG, Activity(9.0)
     )
     assert actions == [KillOverMemory("r1", 1500.0, 1024)]
+
+
+def test_deleted_async_endpoint_goes_only_once_its_accepted_requests_ended() -> None:
+    rev = typed_revision("async")
+    ep = endpoint(1, 1, status="Deleting", deleting=True)
+    assert run_with(rev, [], 10.0, Activity(None, backlog=2), ep) == []
+    assert run_with(rev, [], 10.0, Activity(None, backlog=0), ep) == [DeleteEndpoint()]
+
+
+def test_busy_serverless_update_keeps_its_capacity() -> None:
+    new = replace(typed_revision("serverless", count=3), number=2)
+    old = typed_revision("serverless", count=3)
+    ep = endpoint(2, 1)
+    running = [replica(f"r{i}") for i in range(3)]
+    actions = plan(
+        ep, {1: old, 2: new}, running, {r.id: READY for r in running}, 100.0, CFG, Activity(99.0)
+    )
+    # The replicas carry over (same model): the new revision has its 3, and nothing stops.
+    assert not [a for a in actions if isinstance(a, Stop | StartNew)]

@@ -309,7 +309,7 @@ def test_finished_async_requests_are_forgotten_after_their_retention(store: Stor
         _queue(repo, "old", state="failed", finished_at=10.0)
         _queue(repo, "recent", state="succeeded", finished_at=50.0)
         _queue(repo, "waiting")
-        repo.add_notification("e", "old", "http://x", "{}", 10.0)
+        repo.add_notification("e", "old", "http://x", "{}", "secret", 10.0)
         repo.update_notification(1, state="delivered")
     with store.tx() as repo:
         assert repo.purge_async(finished_before=20.0) == 1

@@ -37,6 +37,7 @@ def main() -> None:
         inbox.inbox_dir(settings.run_dir),
         wake_controller=controller.wake,
         retention_s=settings.async_retention_s,
+        state_dir=settings.state_dir,
     )
     notifier = Notifier(store)
     ctx = Context(

@@ -155,15 +155,17 @@ class Gateway:
                 await asyncio.wait_for(self._kick.wait(), interval)
             self._kick.clear()
 
-    async def _fresh_route(self, name: str) -> EndpointRoute | None:
-        """Look an endpoint up again after a sync that starts now, so a request sent right after
-        `apply --wait` returned (or a replica came back) does not miss a table a moment old."""
+    async def _fresh_route(self, name: str, wait_s: float = 2.0) -> EndpointRoute | None:
+        """Look an endpoint up again after a sync that starts now (waiting up to ``wait_s``), so
+        a request sent right after `apply --wait` returned (or a replica came back) does not
+        miss a table a moment old."""
         target = self._syncs_started + 1
         self._kick.set()
         async with self._sync_cond:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._sync_cond.wait_for(lambda: self._syncs_done >= target), 2.0
+                    self._sync_cond.wait_for(lambda: self._syncs_done >= target),
+                    max(0.0, min(2.0, wait_s)),
                 )
         return self.routes.get(name)
 
@@ -285,15 +287,16 @@ class Gateway:
                     f"({route.max_concurrency} invocations in progress); retry with backoff",
                 )
             self.inflight[name] = inflight + 1
+            deadline = time.monotonic() + self.timeout_s  # holding and answering, together
             try:
                 variant = self._variant(route, headers)
                 variant_name = variant.name
                 if not variant.replicas:
-                    variant = await self._hold(name, variant_name)
-                answer = await self._forward(variant, headers, body)
+                    variant = await self._hold(name, variant_name, deadline)
+                answer = await self._forward(variant, headers, body, _left(deadline))
                 if answer is None:  # the replica went while we chose it: hold for another
-                    variant = await self._hold(name, variant_name)
-                    answer = await self._forward(variant, headers, body)
+                    variant = await self._hold(name, variant_name, deadline)
+                    answer = await self._forward(variant, headers, body, _left(deadline))
                 if answer is None:
                     raise _fail(
                         503,
@@ -308,15 +311,15 @@ class Gateway:
         self._count(name, variant_name, answer[0])
         return answer
 
-    async def _hold(self, name: str, variant_name: str) -> VariantRoute:
-        """Wait, up to the invocation timeout, until the variant has a ready replica (the sync
-        reports this endpoint active, which makes the control plane start one)."""
+    async def _hold(self, name: str, variant_name: str, deadline: float) -> VariantRoute:
+        """Wait, until ``deadline`` (the invocation timeout), for the variant to have a ready
+        replica (the sync reports this endpoint active, which makes the control plane start
+        one)."""
         started = time.monotonic()
-        deadline = started + self.timeout_s
         self._holding += 1
         try:
             while True:
-                route = await self._fresh_route(name)
+                route = await self._fresh_route(name, _left(deadline))
                 variant = route.variants.get(variant_name) if route else None
                 if variant is not None and variant.replicas:
                     slot = self.counts.setdefault(name, {}).setdefault(
@@ -402,6 +405,16 @@ class Gateway:
                 sm.VALIDATION,
                 "X-Amzn-SageMaker-Inference-Id: 1-64 printable characters, no spaces",
             )
+        location = _text(headers.get(sm.H_INPUT_LOCATION))
+        if location and not storage.within(location, route.input_prefixes):
+            allowed = ", ".join(route.input_prefixes) or "none are set"
+            raise _fail(
+                400,
+                sm.VALIDATION,
+                f"X-Amzn-SageMaker-InputLocation: {location} is not under the endpoint's "
+                f"async.input_locations ({allowed}); send the payload as the request body, or "
+                "add its location to input_locations",
+            )
         entry: dict[str, Any] = {
             "id": str(uuid.uuid4()),
             "endpoint": route.name,
@@ -413,7 +426,7 @@ class Gateway:
             "client_inference_id": _text(client_id),
             "output_location": route.locations["output"],
             "failure_location": route.locations["failure"],
-            "input_uri": _text(headers.get(sm.H_INPUT_LOCATION)),
+            "input_uri": location,
         }
         for header, key, most in (
             (sm.H_REQUEST_TTL, "request_ttl_s", 21600),
@@ -480,6 +493,9 @@ class Gateway:
         try:
             await loop.run_in_executor(None, inbox.put, self.inbox_dir, entry)
         except OSError as exc:
+            if entry.get("input_owned"):  # not accepted: its stored input goes too
+                with contextlib.suppress(OSError):
+                    await loop.run_in_executor(None, storage.remove, entry["input_uri"])
             raise _fail(500, sm.INTERNAL_FAILURE, f"could not queue the request: {exc}") from exc
 
     def _authorize(self, headers: dict[bytes, bytes]) -> None:
@@ -515,9 +531,14 @@ class Gateway:
         return chosen
 
     async def _forward(
-        self, variant: VariantRoute, headers: dict[bytes, bytes], body: bytes
+        self,
+        variant: VariantRoute,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        timeout_s: float | None = None,
     ) -> Answer | None:
         """The replica's answer, or None when no replica could be reached."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         content_type = headers.get(b"content-type", _JSON)
         item = b""
         if variant.bundles and len(body) <= _BUNDLE_MAX_BODY:
@@ -536,9 +557,9 @@ class Gateway:
                 answer = None
                 if item and pool.takes_bundles:
                     with contextlib.suppress(BundlesUnsupported):  # then as a plain request
-                        answer = await pool.invoke(item, self.timeout_s)
+                        answer = await pool.invoke(item, timeout)
                 if answer is None:
-                    answer = await self._post(pool, content_type, headers, body)
+                    answer = await self._post(pool, content_type, headers, body, timeout)
             except UpstreamError:
                 tried = upstream  # the replica is gone or going: one more try elsewhere
                 continue
@@ -566,7 +587,12 @@ class Gateway:
         return None
 
     async def _post(
-        self, pool: Pool, content_type: bytes, headers: dict[bytes, bytes], body: bytes
+        self,
+        pool: Pool,
+        content_type: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        timeout_s: float,
     ) -> bundle.ItemAnswer:
         """One plain ``POST /invocations``, its answer in the shape a bundle's would have."""
         lines = [b"Content-Type: ", content_type, b"\r\n"]
@@ -574,13 +600,18 @@ class Gateway:
             value = headers.get(key)
             if value is not None:
                 lines += (key, b": ", value, b"\r\n")
-        resp = await pool.post(b"".join(lines), body, self.timeout_s)
+        resp = await pool.post(b"".join(lines), body, timeout_s)
         return bundle.ItemAnswer(
             resp.status,
             resp.header(b"content-type") or b"",
             resp.header(sm.H_CUSTOM_ATTRIBUTES) or b"",
             resp.body,
         )
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline`` (at least a moment, so a last try can still be made)."""
+    return max(0.01, deadline - time.monotonic())
 
 
 async def _read(stream: Any) -> bytes:

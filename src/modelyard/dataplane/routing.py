@@ -59,6 +59,8 @@ class EndpointRoute:
     max_concurrency: int | None = None
     #: async: ``{"input", "output", "failure"}`` storage prefixes
     locations: dict[str, str] | None = None
+    #: async: prefixes requests may name in X-Amzn-SageMaker-InputLocation
+    input_prefixes: list[str] = field(default_factory=list)
     _cumulative: list[float] = field(default_factory=list)
     _order: list[VariantRoute] = field(default_factory=list)
 
@@ -107,5 +109,6 @@ def build_routes(
             kind=str(entry.get("type", "realtime")),
             max_concurrency=None if cap is None else max(1, -(-int(cap) // max(1, workers))),
             locations=entry.get("async"),
+            input_prefixes=list(entry.get("input_locations") or []),
         )
     return routes

@@ -180,6 +180,13 @@ class AsyncSpec(_Spec):
     failure_uri: str | None = Field(
         default=None, description="where failures go, as <id>.error (default: output_uri)"
     )
+    input_locations: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="storage prefixes requests may name in X-Amzn-SageMaker-InputLocation, to "
+        "read their payload from or store their body at (none by default: the payload comes "
+        "as the request body)",
+    )
     max_concurrent_invocations_per_instance: int = Field(
         default=4, ge=1, le=1000, description="requests each replica works on at once"
     )
@@ -205,6 +212,14 @@ class AsyncSpec(_Spec):
         if value is not None and not value.strip():
             raise ValueError("must be a storage URI or path, not empty")
         return value
+
+    @field_validator("input_locations")
+    @classmethod
+    def _prefixes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value.strip() or value.strip() in ("/", "file://", "file:///"):
+                raise ValueError(f"{value!r}: name a folder or prefix, not the whole filesystem")
+        return values
 
 
 class EndpointSpec(_Spec):

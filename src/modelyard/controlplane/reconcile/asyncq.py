@@ -12,10 +12,12 @@ dies on the way:
   may finish it);
 - the input streams from storage to a replica's ``POST /invocations`` and the answer streams to
   the output location: no payload is held whole in memory;
-- a replica that dies mid-request puts it back in the queue (up to :data:`MAX_ATTEMPTS`); a
-  control plane that dies leaves requests ``running``, and the next one puts them back when it
-  starts; result and failure files are written whole under fixed names, so a request run twice
-  still leaves one of them;
+- a replica that dies mid-request puts it back in the queue (a request fails after
+  :data:`MAX_TRIES` replicas died under it; a replica stopped on purpose costs no try); a control
+  plane that dies leaves requests ``running``, and the next one puts them back when it starts; a
+  dispatch whose outcome could not be recorded (the store failed) is put back the same way;
+  result and failure files are written whole under fixed names, and finishing removes the other
+  kind, so a request run twice still leaves exactly one of them;
 - a request still queued after ``request_ttl_s`` fails as expired.
 
 Finishing a request also writes its notifications (an outbox in the same transaction); the
@@ -42,15 +44,16 @@ from typing import Any
 
 import aiohttp
 import httpx
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from modelyard import inbox, storage, webhooks
 from modelyard.controlplane.store.repo import AsyncRecord, NotificationRecord, Store
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, StoreError
 
 log = logging.getLogger("modelyard.async")
 
-#: Tries of one request whose replica died under it before it fails.
-MAX_ATTEMPTS = 3
+#: Replicas that may die under one request before it fails.
+MAX_TRIES = 3
 _CHUNK = 1024 * 1024
 _ERROR_BODY_MAX = 64 * 1024
 #: Seconds between a notification's delivery tries (then it is given up).
@@ -58,8 +61,20 @@ NOTIFY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 NOTIFY_TIMEOUT_S = 5.0
 #: How often finished requests past their retention are forgotten.
 SWEEP_EVERY_S = 60.0
+#: A partial file this old has no writer left (uploads and answers take at most about an hour).
+PARTIAL_FILES_KEPT_S = 6 * 3600.0
 #: How long a replica that dropped a request is left out of dispatch.
 GONE_FOR_S = 5.0
+
+
+#: Recording an outcome is retried through a passing store error (a locked SQLite database, a
+#: PostgreSQL reconnect); if it still fails the request stays ``running`` and is put back.
+_store_retry = retry(
+    retry=retry_if_exception_type(StoreError),
+    stop=stop_after_attempt(5),
+    wait=wait_exponential(multiplier=0.05, max=2.0),
+    reraise=True,
+)
 
 
 def locations(spec: dict[str, Any], endpoint: str, state_dir: Path) -> dict[str, str]:
@@ -114,9 +129,11 @@ class AsyncQueue:
         wake_controller: threading.Event | None = None,
         max_workers: int = 64,
         retention_s: float = 7 * 24 * 3600.0,
+        state_dir: Path = Path(".modelyard"),
     ) -> None:
         self.store = store
         self.inbox_dir = inbox_dir
+        self.state_dir = state_dir
         self.clock = clock
         self.wake = threading.Event()
         self.wake_controller = wake_controller
@@ -125,6 +142,7 @@ class AsyncQueue:
         self._next_sweep = 0.0
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="async-dispatch")
         self._inflight: dict[str, int] = {}  # replica id → requests sent to it
+        self._running: set[str] = set()  # ids of the requests this dispatcher is running
         #: replicas found gone (address → until when): skipped for a while, time for the
         #: controller to notice and replace them, instead of burning requests' tries on them
         self._gone: dict[str, float] = {}
@@ -141,13 +159,12 @@ class AsyncQueue:
             for job in repo.list_async(states=("running",), limit=100_000):
                 if job.dispatcher == self.dispatcher_id:
                     continue
-                # The try it was on does not count: no replica failed it.
+                # No try is counted: no replica failed it.
                 if repo.update_async_if(
                     job.id,
                     "running",
                     job.attempt,
                     state="queued",
-                    attempt=max(0, job.attempt - 1),
                     replica_id=None,
                     message="the control plane restarted while it ran; queued again",
                 ):
@@ -167,9 +184,26 @@ class AsyncQueue:
             self.sweep()
 
     def sweep(self) -> None:
-        """Retention: forget requests finished longer than ``retention_s`` ago."""
+        """Retention: forget requests finished longer than ``retention_s`` ago, and remove the
+        partial files (``.<name>.part``) that crashed writers left in local async folders."""
         with self.store.tx() as repo:
             forgotten = repo.purge_async(self.clock() - self.retention_s)
+            folders = {
+                storage.local_path(uri)
+                for e in repo.list_endpoints()
+                if e.active_revision is not None
+                and (rev := repo.get_revision(e.name, e.active_revision)) is not None
+                and rev.spec.get("type") == "async"
+                for uri in locations(rev.spec, e.name, self.state_dir).values()
+                if storage.is_local(uri)
+            }
+        cutoff = time.time() - PARTIAL_FILES_KEPT_S
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                for part in Path(folder).glob(".*.part"):
+                    with contextlib.suppress(OSError):
+                        if part.stat().st_mtime < cutoff:
+                            part.unlink()
         if forgotten:
             log.info(
                 "forgot %d async requests finished over %.0f s ago", forgotten, self.retention_s
@@ -179,43 +213,50 @@ class AsyncQueue:
         """Move inbox entries into the queue; returns how many were new."""
         added = 0
         for path, entry in inbox.entries(self.inbox_dir):
-            with self.store.tx() as repo:
-                endpoint = repo.get_endpoint(entry["endpoint"])
-                rev = (
-                    repo.get_revision(endpoint.name, endpoint.target_revision)
-                    if endpoint is not None
-                    else None
-                )
-                ttl = float((rev.spec.get("async") or {}).get("request_ttl_s", 21600)) if rev else 0
-                if entry.get("request_ttl_s"):
-                    ttl = float(entry["request_ttl_s"])
-                received = float(entry["received_at"])
-                new = repo.add_async(
-                    id=entry["id"],
-                    endpoint=entry["endpoint"],
-                    input_uri=entry["input_uri"],
-                    input_owned=bool(entry.get("input_owned")),
-                    input_bytes=entry.get("input_bytes"),
-                    content_type=entry.get("content_type", ""),
-                    accept=entry.get("accept", ""),
-                    custom_attributes=entry.get("custom_attributes", ""),
-                    client_inference_id=entry.get("client_inference_id", ""),
-                    output_location=entry["output_location"],
-                    failure_location=entry["failure_location"],
-                    created_at=received,
-                    expires_at=received + ttl,
-                    timeout_s=entry.get("invocation_timeout_s"),
-                )
-                if new and endpoint is not None:
-                    repo.touch_endpoints([endpoint.name], self.clock())
-            if new:
-                added += 1
-                if endpoint is None or endpoint.deleting:
-                    job = self._get(entry["id"])
-                    if job is not None:
-                        self._fail(job, job.attempt, "the endpoint was deleted before it ran")
+            try:
+                added += self._ingest_one(entry)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error("async inbox entry %s is malformed (%r); set aside", path.name, exc)
+                inbox.set_aside(path)
+                continue
             inbox.done(path)
         return added
+
+    def _ingest_one(self, entry: dict[str, Any]) -> int:
+        with self.store.tx() as repo:
+            endpoint = repo.get_endpoint(entry["endpoint"])
+            rev = (
+                repo.get_revision(endpoint.name, endpoint.target_revision)
+                if endpoint is not None
+                else None
+            )
+            ttl = float((rev.spec.get("async") or {}).get("request_ttl_s", 21600)) if rev else 0
+            if entry.get("request_ttl_s"):
+                ttl = float(entry["request_ttl_s"])
+            received = float(entry["received_at"])
+            new = repo.add_async(
+                id=str(entry["id"]),
+                endpoint=str(entry["endpoint"]),
+                input_uri=str(entry["input_uri"]),
+                input_owned=bool(entry.get("input_owned")),
+                input_bytes=entry.get("input_bytes"),
+                content_type=entry.get("content_type", ""),
+                accept=entry.get("accept", ""),
+                custom_attributes=entry.get("custom_attributes", ""),
+                client_inference_id=entry.get("client_inference_id", ""),
+                output_location=str(entry["output_location"]),
+                failure_location=str(entry["failure_location"]),
+                created_at=received,
+                expires_at=received + ttl,
+                timeout_s=entry.get("invocation_timeout_s"),
+            )
+            if new and endpoint is not None:
+                repo.touch_endpoints([endpoint.name], self.clock())
+        if new and (endpoint is None or endpoint.deleting):
+            job = self._get(entry["id"])
+            if job is not None:
+                self._fail(job, job.attempt, "the endpoint was deleted before it ran", "queued")
+        return 1 if new else 0
 
     def expire(self) -> None:
         """Fail requests that waited past their TTL, and those of endpoints being deleted."""
@@ -228,6 +269,19 @@ class AsyncQueue:
                 for job in repo.list_async(e.name, ("queued",), limit=1000)
             ]
             stale = repo.list_async(states=("queued",), limit=1000, expires_before=now)
+            mine = repo.list_async(states=("running",), limit=1000, dispatcher=self.dispatcher_id)
+        with self._lock:
+            stranded = [job for job in mine if job.id not in self._running]
+        for job in stranded:  # its outcome could not be recorded: run it again
+            with self.store.tx() as repo:
+                repo.update_async_if(
+                    job.id,
+                    "running",
+                    job.attempt,
+                    state="queued",
+                    replica_id=None,
+                    message="its outcome could not be recorded; queued again",
+                )
         for job in orphans:
             self._fail(job, job.attempt, "the endpoint was deleted before it ran", "queued")
         orphaned = {job.id for job in orphans}
@@ -245,7 +299,9 @@ class AsyncQueue:
 
     def _targets(self) -> list[_Target]:
         now = time.monotonic()
-        self._gone = {a: until for a, until in self._gone.items() if until > now}
+        with self._lock:
+            self._gone = {a: until for a, until in self._gone.items() if until > now}
+            gone = set(self._gone)
         targets = []
         with self.store.tx() as repo:
             for endpoint in repo.list_endpoints():
@@ -260,7 +316,7 @@ class AsyncQueue:
                     if r.state == "ready"
                     and r.revision == rev.number
                     and r.address
-                    and r.address not in self._gone
+                    and r.address not in gone
                 ]
                 targets.append(_Target(endpoint.name, rev.spec["async"], ready))
         return targets
@@ -297,6 +353,7 @@ class AsyncQueue:
                 free[rid] -= 1
                 with self._lock:
                     self._inflight[rid] = self._inflight.get(rid, 0) + 1
+                    self._running.add(job.id)
                 self._pool.submit(self._run, job, attempt, rid, addresses[rid], dict(target.cfg))
 
     # one request ---------------------------------------------------------------------------
@@ -309,19 +366,39 @@ class AsyncQueue:
             if self._closing:
                 pass  # the server stops: the request stays running; the next start requeues it
             elif isinstance(exc, _Replaced):
-                self._gone[address] = time.monotonic() + GONE_FOR_S
-                self._requeue(job, attempt, str(exc), counts=exc.reached)
+                with self._lock:
+                    self._gone[address] = time.monotonic() + GONE_FOR_S
+                counts = exc.reached and not self._stopped_on_purpose(rid)
+                self._attempt_to(self._requeue, job, attempt, str(exc), counts=counts)
+            elif isinstance(exc, StoreError):
+                log.error("recording async request %s failed (queued again soon): %s", job.id, exc)
             else:  # a defect: fail the request rather than lose it
                 log.exception("async request %s failed unexpectedly", job.id)
-                self._fail(job, attempt, f"internal error: {type(exc).__name__}: {exc}")
+                self._attempt_to(
+                    self._fail, job, attempt, f"internal error: {type(exc).__name__}: {exc}"
+                )
         finally:
             with self._lock:
+                self._running.discard(job.id)
                 left = self._inflight.get(rid, 1) - 1
                 if left > 0:
                     self._inflight[rid] = left
                 else:
                     self._inflight.pop(rid, None)
             self.wake.set()
+
+    def _attempt_to(self, finish: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        try:
+            finish(*args, **kwargs)
+        except StoreError as exc:  # left running: expire() puts it back
+            log.error("recording an async outcome failed (queued again soon): %s", exc)
+
+    def _stopped_on_purpose(self, replica_id: str) -> bool:
+        """Whether the controller was stopping the replica (scale-in, a new revision): a request
+        cut off by that costs no try."""
+        with self.store.tx() as repo:
+            found = [r for r in repo.list_replicas() if r.id == replica_id]
+        return not found or found[0].state == "stopping"
 
     def _invoke(self, job: AsyncRecord, attempt: int, address: str, cfg: dict[str, Any]) -> None:
         timeout_s = float(job.timeout_s or cfg["invocation_timeout_s"])
@@ -366,6 +443,7 @@ class AsyncQueue:
             source = await loop.run_in_executor(None, storage.open_read, job.input_uri)
         except (OSError, ValueError, ModelyardError) as exc:
             return f"cannot read the input at {job.input_uri}: {exc}"
+        answered = False
         read_error: list[BaseException] = []
 
         async def body() -> AsyncIterator[bytes]:
@@ -385,6 +463,7 @@ class AsyncQueue:
             async with self._session.post(
                 url, data=body(), headers=headers, timeout=timeout
             ) as resp:
+                answered = True
                 if resp.status >= 300:
                     detail = _error_detail(await resp.content.read(_ERROR_BODY_MAX))
                     return f"the model answered {resp.status}: {detail}"
@@ -400,14 +479,19 @@ class AsyncQueue:
                     raise
                 await loop.run_in_executor(None, writer.__exit__, None, None, None)
                 return size, resp.headers.get("content-type", "")
-        except TimeoutError:
-            await loop.run_in_executor(None, storage.remove, out_uri)
-            return f"the model did not answer within {timeout_s:g} s"
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise _Replaced("the replica could not be reached", reached=False) from exc
+        except TimeoutError:
+            return f"the model did not answer within {timeout_s:g} s"
         except (aiohttp.ClientError, ConnectionError) as exc:
             if read_error:
                 return f"cannot read the input at {job.input_uri}: {read_error[0]}"
+            if answered and await self._alive(url):
+                # The replica is up and cut its own answer off: the model failed part-way.
+                return (
+                    "the model failed part-way through its answer (the replica's log says why: "
+                    f"modelyard logs {job.endpoint})"
+                )
             raise _Replaced(
                 f"the replica went away while it ran ({type(exc).__name__})", reached=True
             ) from exc
@@ -418,11 +502,21 @@ class AsyncQueue:
         finally:
             await loop.run_in_executor(None, source.close)
 
+    async def _alive(self, invocations_url: str) -> bool:
+        assert self._session is not None
+        ping = invocations_url.rsplit("/", 1)[0] + "/ping"
+        try:
+            async with self._session.get(ping, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, ConnectionError):
+            return False
+
     # finishing -----------------------------------------------------------------------------
     def _get(self, inference_id: str) -> AsyncRecord | None:
         with self.store.tx() as repo:
             return repo.get_async(inference_id)
 
+    @_store_retry
     def _succeed(self, job: AsyncRecord, attempt: int, size: int, content_type: str) -> None:
         # A failure file from an earlier attempt would make two outcomes: remove it first.
         storage.remove(failure_uri(job.failure_location, job.id))
@@ -443,6 +537,7 @@ class AsyncQueue:
             repo.touch_endpoints([job.endpoint], now)
         self._drop_input(job)
 
+    @_store_retry
     def _fail(self, job: AsyncRecord, attempt: int, reason: str, state: str = "running") -> None:
         now = self.clock()
         storage.remove(result_uri(job.output_location, job.id))
@@ -469,20 +564,20 @@ class AsyncQueue:
             repo.touch_endpoints([job.endpoint], now)
         self._drop_input(job)
 
+    @_store_retry
     def _requeue(self, job: AsyncRecord, attempt: int, reason: str, *, counts: bool) -> None:
-        if counts and attempt >= MAX_ATTEMPTS:
-            self._fail(job, attempt, f"{reason}; gave up after {attempt} tries")
+        tries = job.tries + (1 if counts else 0)
+        if tries >= MAX_TRIES:
+            self._fail(job, attempt, f"{reason}; gave up after {tries} tries")
             return
-        message = f"{reason}; queued again" + (
-            f" (try {attempt} of {MAX_ATTEMPTS})" if counts else ""
-        )
+        message = f"{reason}; queued again" + (f" (try {tries} of {MAX_TRIES})" if counts else "")
         with self.store.tx() as repo:
             repo.update_async_if(
                 job.id,
                 "running",
                 attempt,
                 state="queued",
-                attempt=attempt if counts else attempt - 1,
+                tries=tries,
                 replica_id=None,
                 message=message,
             )
@@ -561,7 +656,9 @@ class AsyncQueue:
             message["failureLocation"] = failure_uri(job.failure_location, job.id)
         body = json.dumps(message)
         for url in urls:
-            repo.add_notification(job.endpoint, job.id, str(url), body, now)
+            repo.add_notification(
+                job.endpoint, job.id, str(url), body, endpoint.webhook_secret, now
+            )
 
     # the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval_s: float) -> None:
@@ -578,8 +675,16 @@ class AsyncQueue:
             self.wake.clear()
 
     def close(self) -> None:
+        """At shutdown: requests in progress stay ``running`` (the next start requeues them)."""
         self._closing = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        loop = self._io_loop
+        if loop is not None:
+            if self._session is not None:
+                closing = asyncio.run_coroutine_threadsafe(self._session.close(), loop)
+                with contextlib.suppress(Exception):
+                    closing.result(timeout=2)
+            loop.call_soon_threadsafe(loop.stop)
 
 
 def _error_detail(data: bytes) -> str:
@@ -605,25 +710,16 @@ class Notifier:
         self.clock = clock
         self.backoff_s = backoff_s
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="webhook")
-        self._busy: set[int] = set()
-        self._lock = threading.Lock()
         self._http = httpx.Client(trust_env=False, timeout=NOTIFY_TIMEOUT_S)
-        self._secrets: dict[str, str] = {}
 
     def tick(self) -> None:
         now = self.clock()
         with self.store.tx() as repo:
             due = repo.due_notifications(now, 64)
-            for note in due:
-                if note.endpoint not in self._secrets:
-                    endpoint = repo.get_endpoint(note.endpoint)
-                    self._secrets[note.endpoint] = endpoint.webhook_secret if endpoint else ""
+            for note in due:  # leased while in flight: the next ticks pass over them
+                repo.update_notification(note.id, next_at=now + NOTIFY_TIMEOUT_S + 5.0)
         for note in due:
-            with self._lock:
-                if note.id in self._busy:
-                    continue
-                self._busy.add(note.id)
-            self._pool.submit(self._deliver, note, self._secrets[note.endpoint])
+            self._pool.submit(self._deliver, note, note.secret)
 
     def _deliver(self, note: NotificationRecord, secret: str) -> None:
         try:
@@ -640,11 +736,8 @@ class Notifier:
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             self._record(note, error)
-        except Exception:
+        except Exception:  # the lease runs out and the next tick tries again
             log.exception("delivering notification %d failed", note.id)
-        finally:
-            with self._lock:
-                self._busy.discard(note.id)
 
     def _record(self, note: NotificationRecord, error: str) -> None:
         now = self.clock()

@@ -39,8 +39,11 @@ from modelyard.spec import ModelSpec
 
 log = logging.getLogger("modelyard.controller")
 OVER_MEMORY = "over its memory limit"
-#: The loop's interval while a scale-from-zero replica starts (a request may be waiting on it).
+#: The loop's interval while a serverless replica starts with requests held for it.
 HURRY_INTERVAL_S = 0.03
+#: A serverless endpoint with a request this recent may have requests held (the gateway reports
+#: held requests as activity every sync, and holds one for at most the invocation timeout).
+HURRY_WINDOW_S = 60.0
 
 
 def tail_lines(path: str | Path, count: int = 10) -> list[str]:
@@ -86,14 +89,15 @@ class EndpointController:
         self.cfg = cfg
         self.clock = clock
         self.wake = threading.Event()
-        #: a replica of a scale-from-zero endpoint is starting: requests may be held for it, so
-        #: the loop looks again sooner than its interval
-        self.hurry = False
+        #: serverless endpoints with a replica starting while requests are waiting for it: the
+        #: loop looks at these again sooner than its interval
+        self.hurry: set[str] = set()
 
     # one pass ------------------------------------------------------------------------------
-    def tick(self) -> None:
+    def tick(self, only: set[str] | None = None) -> None:
+        """One pass over every endpoint (or over ``only`` those)."""
         with self.store.tx() as repo:
-            endpoints = repo.list_endpoints()
+            endpoints = [e for e in repo.list_endpoints() if only is None or e.name in only]
             backlog = repo.backlog()
             types = {}
             for e in endpoints:
@@ -101,17 +105,17 @@ class EndpointController:
                 types[e.name] = rev.spec.get("type", "realtime") if rev else "realtime"
         # A spare, model-less interpreter makes serverless cold starts fast (executors that
         # have one); it is kept only while a serverless endpoint exists.
-        self.executor.set_standby(any(t == "serverless" for t in types.values()))
-        self.hurry = False
+        if only is None:
+            self.executor.set_standby(any(t == "serverless" for t in types.values()))
         for endpoint in endpoints:
             entry = backlog.get(endpoint.name)
             backlogged = entry.queued + entry.running if entry else 0
             try:
-                self.reconcile(endpoint.name, backlogged, types[endpoint.name] != "realtime")
+                self.reconcile(endpoint.name, backlogged, types[endpoint.name] == "serverless")
             except ModelyardError as exc:
                 log.error("reconciling endpoint %s failed: %s", endpoint.name, exc)
 
-    def reconcile(self, name: str, backlog: int = 0, scales_to_zero: bool = False) -> None:
+    def reconcile(self, name: str, backlog: int = 0, serverless: bool = False) -> None:
         with self.store.tx() as repo:
             endpoint = repo.get_endpoint(name)
             if endpoint is None or endpoint.target_revision == 0:
@@ -120,12 +124,20 @@ class EndpointController:
             replicas = repo.list_replicas(name)
         observed = {rep.id: self._observe(rep) for rep in replicas}
         activity = Activity(endpoint.last_request_at, backlog)
-        actions = plan(endpoint, revisions, replicas, observed, self.clock(), self.cfg, activity)
-        if scales_to_zero and (
+        now = self.clock()
+        actions = plan(endpoint, revisions, replicas, observed, now, self.cfg, activity)
+        waiting = (
+            serverless
+            and endpoint.last_request_at is not None
+            and now - endpoint.last_request_at < HURRY_WINDOW_S
+        )
+        if waiting and (
             any(r.state == "starting" for r in replicas)
             or any(isinstance(a, StartNew | Restart) for a in actions)
         ):
-            self.hurry = True
+            self.hurry.add(name)
+        else:
+            self.hurry.discard(name)
         by_id = {r.id: r for r in replicas}
         for action in actions:
             self._apply(endpoint, by_id, action)
@@ -309,13 +321,19 @@ class EndpointController:
 
     # the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval_s: float) -> None:
+        next_full = 0.0
         while not stop.is_set():
+            full = time.monotonic() >= next_full or self.wake.is_set() or not self.hurry
+            self.wake.clear()
             try:
-                self.tick()
+                if full:
+                    next_full = time.monotonic() + interval_s
+                    self.tick()
+                else:  # between full passes, only the endpoints with requests held
+                    self.tick(only=set(self.hurry))
             except Exception:  # keep the controller alive; the next tick retries
                 log.exception("controller tick failed")
-            self.wake.wait(min(interval_s, HURRY_INTERVAL_S) if self.hurry else interval_s)
-            self.wake.clear()
+            self.wake.wait(HURRY_INTERVAL_S if self.hurry else interval_s)
 
     def stop_all(self, timeout_s: float) -> None:
         """Server shutdown: drain every replica (desired state is kept for the next start)."""

@@ -183,10 +183,10 @@ def wanted_replicas(
     if kind == "serverless":
         cfg = spec["serverless"]
         provisioned = int(cfg["provisioned_concurrency"])
-        if promoting:
-            return max(1, provisioned)
         busy = now - since < float(cfg["idle_timeout_s"])
-        return max(count, provisioned) if busy else provisioned
+        if busy:
+            return max(count, provisioned)
+        return max(1, provisioned) if promoting else provisioned
     # async
     if promoting or activity.backlog > 0:
         return count
@@ -287,7 +287,7 @@ def plan(
                 actions += _observe(rep, observed.get(rep.id), None, now, cfg)[1]
             else:
                 actions.append(Stop(rep.id))
-        if not replicas:
+        if not replicas and activity.backlog == 0:  # accepted async requests end first
             actions.append(DeleteEndpoint())
         return actions
 

@@ -194,6 +194,7 @@ def routes(store: Store, state_dir: Path) -> dict[str, Any]:
                 extra["max_concurrency"] = rev.spec["serverless"]["max_concurrency"]
             elif kind == "async":
                 extra["async"] = asyncq.locations(rev.spec, endpoint.name, state_dir)
+                extra["input_locations"] = rev.spec["async"].get("input_locations") or []
             table[endpoint.name] = {
                 **extra,
                 "type": kind,

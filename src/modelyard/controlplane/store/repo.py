@@ -122,6 +122,7 @@ class AsyncRecord:
     expires_at: float
     timeout_s: float | None
     attempt: int
+    tries: int
     started_at: float | None
     finished_at: float | None
     replica_id: str | None
@@ -145,6 +146,7 @@ class NotificationRecord:
     inference_id: str
     url: str
     body: str
+    secret: str
     state: str
     attempts: int
     next_at: float
@@ -248,7 +250,12 @@ class Repo:
         self.s.execute(delete(EventRow).where(EventRow.endpoint == name))
         self.s.execute(delete(CounterRow).where(CounterRow.endpoint == name))
         self.s.execute(delete(AsyncInvocationRow).where(AsyncInvocationRow.endpoint == name))
-        self.s.execute(delete(NotificationRow).where(NotificationRow.endpoint == name))
+        # Webhooks still to deliver outlive the endpoint (they carry their secret).
+        self.s.execute(
+            delete(NotificationRow).where(
+                NotificationRow.endpoint == name, NotificationRow.state != "pending"
+            )
+        )
         self.s.execute(delete(EndpointRow).where(EndpointRow.name == name))
 
     def add_revision(
@@ -378,7 +385,7 @@ class Repo:
         twice)."""
         if self.s.get(AsyncInvocationRow, values["id"]) is not None:
             return False
-        defaults: dict[str, Any] = {"state": "queued", "attempt": 0, "message": ""}
+        defaults: dict[str, Any] = {"state": "queued", "attempt": 0, "tries": 0, "message": ""}
         self.s.add(AsyncInvocationRow(**{**defaults, **values}))
         return True
 
@@ -393,8 +400,11 @@ class Repo:
         limit: int = 100,
         oldest_first: bool = True,
         expires_before: float | None = None,
+        dispatcher: str | None = None,
     ) -> list[AsyncRecord]:
         query = select(AsyncInvocationRow)
+        if dispatcher is not None:
+            query = query.where(AsyncInvocationRow.dispatcher == dispatcher)
         if endpoint is not None:
             query = query.where(AsyncInvocationRow.endpoint == endpoint)
         if expires_before is not None:
@@ -476,7 +486,7 @@ class Repo:
 
     # notifications
     def add_notification(
-        self, endpoint: str, inference_id: str, url: str, body: str, now: float
+        self, endpoint: str, inference_id: str, url: str, body: str, secret: str, now: float
     ) -> None:
         self.s.add(
             NotificationRow(
@@ -484,6 +494,7 @@ class Repo:
                 inference_id=inference_id,
                 url=url,
                 body=body,
+                secret=secret,
                 state="pending",
                 attempts=0,
                 next_at=now,
