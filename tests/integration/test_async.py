@@ -14,9 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
-from tests.support import ServerProcess, wait_for, write_yaml
+from tests.support import ServerProcess, make_sklearn_model, wait_for, write_yaml
 
 from modelyard import webhooks
 from modelyard.errors import InvalidInputError, UserError
@@ -95,6 +96,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("async")
+    make_sklearn_model(tmp / "model.joblib")
     write_yaml(
         tmp / "endpoints.yaml",
         [
@@ -107,6 +109,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
             ),
             _endpoint("zero", idle_timeout_s=1),
             _endpoint("doomed", max_concurrent_invocations_per_instance=1),
+            {
+                "kind": "Model",
+                "name": "m",
+                "spec": {"artifact": "model.joblib", "runtime": "sklearn"},
+            },
+            {
+                "kind": "Endpoint",
+                "name": "rows",
+                "spec": {"type": "async", "variants": [{"name": "v", "model": "m"}]},
+            },
             _endpoint(
                 "hooked",
                 idle_timeout_s=600,
@@ -125,7 +137,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
     proc.inputs = tmp / "inputs"  # type: ignore[attr-defined]
     try:
         proc.client.apply_file(tmp / "endpoints.yaml")
-        for name in ("work", "zero", "hooked", "doomed"):
+        for name in ("work", "zero", "hooked", "doomed", "rows"):
             assert proc.client.wait_endpoint(name, timeout_s=120)["status"] == "InService"
         yield proc
     finally:
@@ -194,6 +206,22 @@ def test_input_locations_outside_the_allowed_prefixes_are_refused(
         server.client.invoke_async("work", input_location=location)
     with pytest.raises(InvalidInputError, match="none are set"):  # "zero" allows none
         server.client.invoke_async("zero", b"{}", input_location=location)
+
+
+def test_a_model_failing_part_way_through_a_big_payload_fails_the_request_once(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    rows = tmp_path / "rows.csv"
+    good = b"0.5,-1.0,2.0,0.25\n" * 50_000  # ~900 KB: the first run of the stream answers
+    rows.write_bytes(good + good + b"1.0,2.0\n" + good)  # a bad row in a later run
+    queued = server.client.invoke_async("rows", rows, content_type="text/csv")
+    view = server.client.wait_async("rows", queued["inference_id"], timeout_s=60)
+    assert view["status"] == "Failed"
+    assert "failed part-way" in view["failure_reason"]
+    assert view["attempts"] == 1  # the replica was alive: not mistaken for a crash and re-run
+    assert not _exists(queued["output_location"])  # no partial result left behind
+    logs = "\n".join(server.client.logs("rows", tail=50)["lines"])
+    assert "line 100001" in logs
 
 
 def test_request_still_queued_after_its_ttl_expires(server: ServerProcess) -> None:
@@ -430,3 +458,42 @@ def test_a_payload_of_hundreds_of_mb_streams_through_with_flat_memory(tmp_path: 
         assert not Path(view["input_location"][len("file://") :]).exists()
     finally:
         server.stop()
+
+
+def test_gateway_dying_during_an_upload_accepts_nothing(crash_server: ServerProcess) -> None:
+    server = crash_server
+    url = f"{server.gateway_url}/endpoints/q/async-invocations"
+    release = threading.Event()
+    outcome: list[str] = []
+
+    def body() -> Iterator[bytes]:
+        for i in range(64):
+            if i == 4:
+                release.wait(30)  # stall half-way until the gateway is dead
+            yield b" " * 2**20
+
+    def upload() -> None:
+        try:
+            resp = httpx.post(url, content=body(), timeout=30, trust_env=False)
+            outcome.append(str(resp.status_code))
+        except httpx.HTTPError as exc:
+            outcome.append(type(exc).__name__)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    inputs = server.state_dir / "async" / "q" / "input"
+    wait_for(lambda: list(inputs.glob(".*.part")), 30, what="the upload to be under way")
+    _kill(server, "gateway")
+    release.set()
+    uploader.join(30)
+    assert outcome and outcome[0] != "202"  # the client knows it was not accepted
+
+    # Nothing was accepted: no inbox entry, no queued request, no input in place.
+    assert not list((server.state_dir / "run" / "async-inbox").glob("*.json"))
+    assert server.client.list_async_invocations("q") == []
+    assert [p.name for p in inputs.iterdir() if not p.name.startswith(".")] == []
+    # The restarted gateway accepts the next one, which runs.
+    queued = wait_for(
+        lambda: server.client.invoke_async("q", json.dumps({"n": 1})), 30, what="gateway back"
+    )
+    assert server.client.wait_async("q", queued["inference_id"])["status"] == "Completed"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modelyard import inbox, storage, webhooks
+from modelyard.controlplane.reconcile.asyncq import AsyncQueue
+from modelyard.controlplane.store.repo import Store
 from modelyard.errors import SpecError
 from modelyard.spec import parse_document
 
@@ -119,3 +123,69 @@ def test_serverless_and_async_blocks_get_their_defaults() -> None:
         {"kind": "Endpoint", "name": "e", "spec": {"type": "async", "variants": variants}}
     )
     assert doc.spec.async_ is not None and doc.spec.async_.invocation_timeout_s == 900
+
+
+# -- the dispatcher's bookkeeping, on a real store (no replica needed) ----------------------------
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[AsyncQueue]:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    q = AsyncQueue(store, tmp_path / "inbox", state_dir=tmp_path)
+    yield q
+    q.close()
+    store.close()
+
+
+def _entry(tmp_path: Path, inference_id: str, endpoint: str) -> dict[str, object]:
+    return {
+        "id": inference_id,
+        "endpoint": endpoint,
+        "input_uri": str(tmp_path / "in.json"),
+        "output_location": str(tmp_path / "out"),
+        "failure_location": str(tmp_path / "out"),
+        "received_at": 1.0,
+    }
+
+
+def test_a_request_for_an_endpoint_that_is_gone_fails_with_its_reason(
+    queue: AsyncQueue, tmp_path: Path
+) -> None:
+    inbox.put(queue.inbox_dir, _entry(tmp_path, "r1", "gone"))
+    inbox.put(queue.inbox_dir, {"id": "r2"})  # malformed: set aside, not blocking the rest
+    assert queue.ingest() == 1
+    with queue.store.tx() as repo:
+        job = repo.get_async("r1")
+    assert job is not None and job.state == "failed"
+    assert job.message == "the endpoint was deleted before it ran"
+    failure = json.loads((tmp_path / "out" / "r1.error").read_text())
+    assert failure["failureReason"] == job.message
+    assert inbox.entries(queue.inbox_dir) == []
+    assert (queue.inbox_dir / "bad" / "r2.json").exists()
+    assert queue.ingest() == 0  # nothing left to read
+
+
+def test_running_requests_without_a_dispatch_are_put_back(queue: AsyncQueue) -> None:
+    with queue.store.tx() as repo:
+        repo.create_endpoint("e", 1.0)
+        for inference_id, dispatcher in (("lost", "earlier"), ("stranded", queue.dispatcher_id)):
+            repo.add_async(
+                id=inference_id,
+                endpoint="e",
+                input_uri="x",
+                output_location="x",
+                failure_location="x",
+                created_at=1.0,
+                expires_at=1e12,
+                state="running",
+                attempt=1,
+                dispatcher=dispatcher,
+            )
+    assert queue.recover() == 1  # a previous control plane's request
+    queue.expire()  # this dispatcher's, whose outcome could not be recorded
+    with queue.store.tx() as repo:
+        for inference_id in ("lost", "stranded"):
+            job = repo.get_async(inference_id)
+            assert job is not None and job.state == "queued"
+            assert (job.attempt, job.tries) == (1, 0)  # attempts only grow; no try counted
