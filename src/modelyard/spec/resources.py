@@ -129,7 +129,8 @@ class ServerlessSpec(_Spec):
         default=20,
         ge=1,
         le=200,
-        description="invocations in progress at once; more are refused with 429 (throttled)",
+        description="invocations in progress at once; more are refused with 429 (throttled). "
+        "With several gateway workers each admits its share, rounded up",
     )
     provisioned_concurrency: int = Field(
         default=0,
