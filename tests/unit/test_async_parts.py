@@ -189,3 +189,31 @@ def test_running_requests_without_a_dispatch_are_put_back(queue: AsyncQueue) -> 
             job = repo.get_async(inference_id)
             assert job is not None and job.state == "queued"
             assert (job.attempt, job.tries) == (1, 0)  # attempts only grow; no try counted
+
+
+def test_sweep_removes_what_crashed_writers_left_and_only_that(
+    queue: AsyncQueue, tmp_path: Path
+) -> None:
+    spec = {"type": "async", "async": {}, "variants": []}
+    with queue.store.tx() as repo:
+        repo.create_endpoint("e", 1.0)
+        repo.add_revision("e", 1, spec, {}, 1.0)
+        repo.update_endpoint("e", 1.0, target_revision=1, active_revision=1)
+        repo.add_async(
+            id="pending",
+            endpoint="e",
+            input_uri="x",
+            output_location="x",
+            failure_location="x",
+            created_at=1.0,
+            expires_at=1e12,
+        )
+    inputs = tmp_path / "async" / "e" / "input"
+    inputs.mkdir(parents=True)
+    old = 1_000_000.0  # long ago
+    for name in ("orphan", "pending", ".orphan.part", "fresh"):
+        (inputs / name).write_bytes(b"x")
+        if name != "fresh":
+            os.utime(inputs / name, (old, old))
+    queue.sweep()
+    assert sorted(p.name for p in inputs.iterdir()) == ["fresh", "pending"]

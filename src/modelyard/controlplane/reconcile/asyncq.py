@@ -188,22 +188,29 @@ class AsyncQueue:
         partial files (``.<name>.part``) that crashed writers left in local async folders."""
         with self.store.tx() as repo:
             forgotten = repo.purge_async(self.clock() - self.retention_s)
-            folders = {
-                storage.local_path(uri)
+            where = [
+                locations(rev.spec, e.name, self.state_dir)
                 for e in repo.list_endpoints()
                 if e.active_revision is not None
                 and (rev := repo.get_revision(e.name, e.active_revision)) is not None
                 and rev.spec.get("type") == "async"
-                for uri in locations(rev.spec, e.name, self.state_dir).values()
-                if storage.is_local(uri)
-            }
+            ]
+            pending = repo.pending_async_ids()
+        pending |= {entry["id"] for _, entry in inbox.entries(self.inbox_dir, limit=10**6)}
         cutoff = time.time() - PARTIAL_FILES_KEPT_S
+        folders = {storage.local_path(u) for w in where for u in w.values() if storage.is_local(u)}
+        inputs = {storage.local_path(w["input"]) for w in where}
         for folder in folders:
             with contextlib.suppress(OSError):
-                for part in Path(folder).glob(".*.part"):
-                    with contextlib.suppress(OSError):
-                        if part.stat().st_mtime < cutoff:
-                            part.unlink()
+                for path in Path(folder).iterdir():
+                    # Partial files of crashed writers, and uploaded inputs whose request ended
+                    # without removing them (a crash in between).
+                    stale = path.name.startswith(".") and path.name.endswith(".part")
+                    orphan = folder in inputs and not path.name.startswith(".")
+                    if (stale or (orphan and path.name not in pending)) and path.is_file():
+                        with contextlib.suppress(OSError):
+                            if path.stat().st_mtime < cutoff:
+                                path.unlink()
         if forgotten:
             log.info(
                 "forgot %d async requests finished over %.0f s ago", forgotten, self.retention_s

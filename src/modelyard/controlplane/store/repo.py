@@ -463,6 +463,13 @@ class Repo:
         )
         return {state: int(count) for state, count in rows}
 
+    def pending_async_ids(self) -> set[str]:
+        """Ids of the requests still queued or running."""
+        rows = self.s.scalars(
+            select(AsyncInvocationRow.id).where(AsyncInvocationRow.state.in_(("queued", "running")))
+        )
+        return set(rows)
+
     def purge_async(self, finished_before: float) -> int:
         """Forget finished requests (and settled notifications) older than a cutoff: their result
         and failure files stay where they were written."""
