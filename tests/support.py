@@ -106,6 +106,29 @@ class Predictor:
 """
 
 
+HOLDER_SOURCE = """
+import os, time
+
+class Predictor:
+    def load(self, model_dir):
+        self.release = os.path.join(model_dir, "release")
+
+    def predict(self, inputs):
+        deadline = time.monotonic() + 60
+        while inputs == "hold" and not os.path.exists(self.release) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return inputs
+"""
+
+
+def make_holder(folder: Path) -> Path:
+    """A Python predictor that answers "hold" only once ``folder/release`` exists (up to 60 s):
+    a test decides how long requests stay in progress."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "holder.py").write_text(HOLDER_SOURCE)
+    return folder
+
+
 def make_python_predictor(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "echo_predictor.py").write_text(PREDICTOR_SOURCE)

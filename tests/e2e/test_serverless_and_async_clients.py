@@ -18,21 +18,7 @@ import numpy as np
 import pytest
 from botocore.config import Config
 
-from tests.support import ServerProcess, make_sklearn_model, wait_for, write_yaml
-
-HOLDER_SOURCE = """
-import os, time
-
-class Predictor:
-    def load(self, model_dir):
-        self.release = os.path.join(model_dir, "release")
-
-    def predict(self, inputs):
-        deadline = time.monotonic() + 60
-        while inputs == "hold" and not os.path.exists(self.release) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return inputs
-"""
+from tests.support import ServerProcess, make_holder, make_sklearn_model, wait_for, write_yaml
 
 
 def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -48,9 +34,8 @@ def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("e2e-async")
     model = make_sklearn_model(root / "model.joblib")
-    (root / "holder").mkdir()
+    make_holder(root / "holder")
     (root / "inputs").mkdir()
-    (root / "holder" / "holder.py").write_text(HOLDER_SOURCE)
     spec = write_yaml(
         root / "endpoints.yaml",
         [

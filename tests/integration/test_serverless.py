@@ -12,6 +12,7 @@ import httpx
 import pytest
 from tests.support import (
     ServerProcess,
+    make_holder,
     make_sklearn_model,
     wait_for,
     write_byoc_server,
@@ -19,19 +20,6 @@ from tests.support import (
 )
 
 ROW = {"instances": [[0.5, -1.0, 2.0, 0.25]]}
-HOLDER_SOURCE = """
-import os, time
-
-class Predictor:
-    def load(self, model_dir):
-        self.release = os.path.join(model_dir, "release")
-
-    def predict(self, inputs):
-        deadline = time.monotonic() + 60
-        while inputs == "hold" and not os.path.exists(self.release) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return inputs
-"""
 HOLDER = Path()
 
 
@@ -52,9 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("serverless")
     make_sklearn_model(tmp / "model.joblib")
     global HOLDER
-    HOLDER = tmp / "holder"
-    HOLDER.mkdir()
-    (HOLDER / "holder.py").write_text(HOLDER_SOURCE)
+    HOLDER = make_holder(tmp / "holder")
     byoc = write_byoc_server(tmp / "byoc")
     write_yaml(
         tmp / "endpoints.yaml",

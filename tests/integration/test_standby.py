@@ -368,8 +368,8 @@ def test_a_dead_standby_is_replaced_and_the_launch_starts_cold(
     proc = harness.start(harness.launch(sklearn_spec))
 
     assert proc.pid != standby
+    harness.wait_ready(proc)  # (and only then is its command line surely the new program's)
     assert "modelyard.dataplane.modelserver" in psutil.Process(proc.pid).cmdline()
-    harness.wait_ready(proc)
     assert _invoke(proc, {"instances": ROWS}).status_code == 200
     replacement = harness.standby()
     assert replacement != standby
