@@ -21,6 +21,19 @@ from tests.support import (
 
 ROW = {"instances": [[0.5, -1.0, 2.0, 0.25]]}
 HOLDER = Path()
+SLOW_START_SOURCE = """
+import os, time
+
+class Predictor:
+    def load(self, model_dir):  # loads only while model_dir/ready exists (waits up to 60 s)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(model_dir, "ready")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def predict(self, inputs):
+        return inputs
+"""
+SLOW = Path()
 
 
 def _endpoint(name: str, model: str, **serverless: Any) -> dict[str, Any]:
@@ -39,8 +52,12 @@ def _endpoint(name: str, model: str, **serverless: Any) -> dict[str, Any]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("serverless")
     make_sklearn_model(tmp / "model.joblib")
-    global HOLDER
+    global HOLDER, SLOW
     HOLDER = make_holder(tmp / "holder")
+    SLOW = tmp / "slow"
+    SLOW.mkdir()
+    (SLOW / "slow.py").write_text(SLOW_START_SOURCE)
+    (SLOW / "ready").write_text("")  # the first replica (the apply's) loads at once
     byoc = write_byoc_server(tmp / "byoc")
     write_yaml(
         tmp / "endpoints.yaml",
@@ -65,6 +82,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
                 "spec": {"runtime": "container", "container": {"command": ["python", str(byoc)]}},
             },
             _endpoint("sl", "m", idle_timeout_s=1),
+            {
+                "kind": "Model",
+                "name": "slow",
+                "spec": {"artifact": "slow", "runtime": "python", "predictor": "slow:Predictor"},
+            },
+            _endpoint("slow", "slow", max_concurrency=1, idle_timeout_s=1),
             _endpoint("capped", "holder", max_concurrency=2, idle_timeout_s=600),
             _endpoint("small", "byoc", memory_mb=1024, idle_timeout_s=600),
         ],
@@ -72,7 +95,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(tmp / "state")
     try:
         proc.client.apply_file(tmp / "endpoints.yaml")
-        for name in ("sl", "capped", "small"):
+        for name in ("sl", "capped", "small", "slow"):
             assert proc.client.wait_endpoint(name, timeout_s=120)["status"] == "InService"
         yield proc
     finally:
@@ -153,3 +176,29 @@ def test_replica_over_its_memory_size_is_stopped_with_the_reason(server: ServerP
     assert "over its memory limit" in events
     logs = "\n".join(server.client.logs("small", tail=50)["lines"])
     assert "over its memory limit" in logs
+
+
+def test_a_held_request_whose_client_left_frees_its_place(server: ServerProcess) -> None:
+    wait_for(lambda: not _replicas(server, "slow"), 30, what="the endpoint to scale to zero")
+    (SLOW / "ready").unlink()  # from now on a replica takes as long as the test says to load
+    url = f"{server.gateway_url}/endpoints/slow/invocations"
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # held; the client gives up and disconnects
+            httpx.post(url, json="first", timeout=0.5, trust_env=False)
+
+        def held_not_throttled() -> bool:
+            # max_concurrency is 1: while the first request still counted, this got 429.
+            try:
+                resp = httpx.post(url, json="second", timeout=0.3, trust_env=False)
+            except httpx.ReadTimeout:
+                return True  # held in its turn
+            assert resp.status_code == 429, resp.text
+            return False
+
+        wait_for(held_not_throttled, 10, what="the first request's place to be freed")
+    finally:
+        (SLOW / "ready").write_text("")
+    resp = wait_for(
+        lambda: (r := server.invoke("slow", "third")).status_code == 200 and r, 30, what="an answer"
+    )
+    assert resp.json()["predictions"] == "third"

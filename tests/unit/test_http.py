@@ -319,3 +319,39 @@ def test_a_handler_that_raises_gets_the_server_error_answer() -> None:
     response = run(scenario())
     assert response.status_code == 500
     assert response.text == "internal server error"
+
+
+def test_a_handler_can_tell_that_its_client_went_away() -> None:
+    seen: list[bool] = []
+    arrived = asyncio.Event()
+
+    async def waiting(request: Request) -> Answer:
+        seen.append(request.client_gone)
+        arrived.set()
+        for _ in range(250):  # up to 5 s: a long wait that a gone client ends early
+            if request.client_gone:
+                seen.append(True)
+                break
+            await asyncio.sleep(0.02)
+        return 200, [], b"too late"
+
+    async def scenario() -> None:
+        server = HttpServer(waiting)
+        (address,) = await server.listen(host="127.0.0.1", port=0)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", int(address.rsplit(":", 1)[1]))
+            writer.write(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+            await writer.drain()
+            await asyncio.wait_for(arrived.wait(), 5)
+            writer.close()  # the client gives up
+            await writer.wait_closed()
+            for _ in range(250):
+                if len(seen) == 2:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await server.shutdown(grace_s=2)
+
+    run(scenario())
+    assert seen == [False, True]
+    assert not Request("GET", "/", b"", {}, b"").client_gone  # made outside a server: no client

@@ -292,10 +292,10 @@ class Gateway:
                 variant = self._variant(route, headers)
                 variant_name = variant.name
                 if not variant.replicas:
-                    variant = await self._hold(name, variant_name, deadline)
+                    variant = await self._hold(request, name, variant_name, deadline)
                 answer = await self._forward(variant, headers, body, _left(deadline))
                 if answer is None:  # the replica went while we chose it: hold for another
-                    variant = await self._hold(name, variant_name, deadline)
+                    variant = await self._hold(request, name, variant_name, deadline)
                     answer = await self._forward(variant, headers, body, _left(deadline))
                 if answer is None:
                     raise _fail(
@@ -311,10 +311,12 @@ class Gateway:
         self._count(name, variant_name, answer[0])
         return answer
 
-    async def _hold(self, name: str, variant_name: str, deadline: float) -> VariantRoute:
+    async def _hold(
+        self, request: Request, name: str, variant_name: str, deadline: float
+    ) -> VariantRoute:
         """Wait, until ``deadline`` (the invocation timeout), for the variant to have a ready
         replica (the sync reports this endpoint active, which makes the control plane start
-        one)."""
+        one). A request whose client went away stops waiting (and counting toward the cap)."""
         started = time.monotonic()
         self._holding += 1
         try:
@@ -334,6 +336,8 @@ class Gateway:
                     raise _fail(
                         503, sm.SERVICE_UNAVAILABLE, f"variant {variant_name} is gone; retry"
                     )
+                if request.client_gone:
+                    raise _fail(499, sm.VALIDATION, "the client closed the connection")
                 if time.monotonic() >= deadline:
                     raise _fail(
                         503,

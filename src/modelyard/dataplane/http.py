@@ -55,7 +55,8 @@ _LINGER_S = 2.0
 
 
 class Request:
-    __slots__ = ("body", "headers", "method", "path", "query")
+    __slots__ = ("_conn", "body", "headers", "method", "path", "query")
+    _conn: _Protocol  # set by the server (a Request made elsewhere has none)
     #: The body as it arrives, for a request the server streams (its ``body`` is then b"");
     #: None for a buffered request. (A class default: buffered requests pay nothing for it.)
     stream: BodyStream | None = None
@@ -69,6 +70,13 @@ class Request:
         #: Header names lower-cased; a repeated header keeps its last value.
         self.headers = headers
         self.body = body
+
+    @property
+    def client_gone(self) -> bool:
+        """Whether the client's connection has closed (its answer would go nowhere): a handler
+        that waits a long time (a request held while a replica starts) can stop waiting."""
+        conn = getattr(self, "_conn", None)
+        return conn is not None and conn.closing
 
 
 class _StreamedRequest(Request):
@@ -239,6 +247,7 @@ class _Protocol(asyncio.Protocol):
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         request = Request(self.parser.get_method().decode(), path, query, self.headers, body)
+        request._conn = self
         self._enqueue(request, self.parser.should_keep_alive())
 
     # streamed request bodies --------------------------------------------------------------------
@@ -267,6 +276,7 @@ class _Protocol(asyncio.Protocol):
             method, path, (parsed.query or b"") if parsed else b"", headers, stream
         )
         stream.request = request
+        request._conn = self
         self.stream = stream
         if declared is not None and declared.isdigit() and int(declared) > limit:
             stream.fail(BodyTooLarge, f"request body larger than the limit of {limit} bytes")
