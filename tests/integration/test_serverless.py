@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.support import (
     ServerProcess,
     make_holder,
@@ -120,6 +121,20 @@ def test_idle_endpoint_scales_to_zero_and_holds_the_first_request(server: Server
 
     status = wait_for(counted, 10, what="the cold start in describe")
     assert status["cold_start_ms_avg"] > 0
+    # ... and in the control plane's Prometheus metrics.
+    token = (server.state_dir / "token").read_text().strip()
+    scraped = server.http.get(
+        f"{server.api_url}/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert scraped.status_code == 200
+    cold = {
+        tuple(sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(scraped.text)
+        for s in family.samples
+        if s.name == "modelyard_cold_starts_total"
+    }
+    assert cold[(("endpoint", "sl"), ("variant", "v"))] >= 1
+    assert server.http.get(f"{server.api_url}/metrics").status_code == 401
     # With no more requests it goes back to zero.
     wait_for(lambda: not _replicas(server, "sl"), 30, what="the endpoint to scale in again")
 

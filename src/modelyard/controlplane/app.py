@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelyard import __version__
-from modelyard.controlplane.deps import Context
+from modelyard.controlplane import metrics
+from modelyard.controlplane.deps import Context, context
 from modelyard.controlplane.routers import internal, resources
 from modelyard.errors import ModelyardError
 
@@ -42,6 +46,12 @@ def create_app(ctx: Context) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    scrape = metrics.registry(ctx.store, ctx.clock)
+
+    @app.get("/metrics", summary="Prometheus metrics (bearer token, as the API)")
+    def prometheus(_: Annotated[Context, Depends(context)]) -> Response:
+        return Response(generate_latest(scrape), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(resources.router)
     app.include_router(internal.router)
