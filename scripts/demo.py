@@ -1,6 +1,7 @@
 """`make demo`: a five-minute tour, run for you. Starts a server, trains and deploys a small
-scikit-learn model from YAML, invokes it with the CLI and with curl, shows status and counts,
-then stops everything it started."""
+scikit-learn model from YAML, invokes it with the CLI and with curl, shows a serverless endpoint
+scaling to zero and back and an async endpoint's queued request, shows status and counts, then
+stops everything it started."""
 
 from __future__ import annotations
 
@@ -34,6 +35,23 @@ spec:
     - name: primary
       model: churn-v1
       instance_count: 2
+"""
+
+
+MORE = """\
+kind: Endpoint
+name: churn-serverless
+spec:
+  type: serverless
+  serverless: {memory_mb: 1024, max_concurrency: 10, idle_timeout_s: 1}
+  variants: [{name: primary, model: churn-v1}]
+---
+kind: Endpoint
+name: churn-async
+spec:
+  type: async
+  async: {idle_timeout_s: 60}
+  variants: [{name: primary, model: churn-v1}]
 """
 
 
@@ -72,9 +90,41 @@ def wait_for_counts(expected: int, timeout_s: float = 10) -> None:
     with Client() as client:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if client.list_endpoints()[0]["invocations"] >= expected:
+            if client.describe_endpoint("churn")["invocations"] >= expected:
                 return
             time.sleep(0.1)
+
+
+def serverless_at_zero(gateway_url: str, row: str) -> None:
+    """Wait until the serverless endpoint has scaled to zero, then time one request: it is held
+    while a replica starts, not failed."""
+    import httpx
+
+    from modelyard import Client
+
+    print("waiting for churn-serverless to scale to zero (idle_timeout_s: 1) ...")
+    with Client() as client:
+        deadline = time.monotonic() + 60
+        while client.describe_endpoint("churn-serverless")["variants"][0]["replicas"]:
+            if time.monotonic() > deadline:
+                raise SystemExit("demo failed: the serverless endpoint did not scale to zero")
+            time.sleep(0.2)
+        print("no replica is running; invoking it ...")
+        started = time.perf_counter()
+        resp = httpx.post(
+            f"{gateway_url}/endpoints/churn-serverless/invocations",
+            content=row,
+            headers={"Content-Type": "application/json"},
+            timeout=70,
+            trust_env=False,
+        )
+        took = (time.perf_counter() - started) * 1000
+        print(
+            f"HTTP {resp.status_code} in {took:.0f} ms (a replica started meanwhile): {resp.text}"
+        )
+        time.sleep(0.5)  # the gateway reports its counts every 0.25 s
+        status = client.describe_endpoint("churn-serverless")["serverless_status"]
+        print(f"cold starts counted: {status['cold_starts']}")
 
 
 def main() -> None:
@@ -140,6 +190,31 @@ def main() -> None:
                 show=f"curl -i -X POST {url} -H 'Content-Type: text/csv' --data '<32 floats>'",
             )
             print()
+
+        step("Serverless and async endpoints")
+        (WORK / "more.yaml").write_text(MORE)
+        print(MORE)
+        run(MODELYARD, "apply", "-f", "more.yaml")
+        serverless_at_zero(info["gateway_url"], row)
+        rows = WORK / "rows.csv"
+        rows.write_text("\n".join(",".join(str(v) for v in r) for r in x[:5].round(4)) + "\n")
+        run(
+            MODELYARD,
+            "invoke",
+            "churn-async",
+            "--async",
+            "--file",
+            "rows.csv",
+            "--content-type",
+            "text/csv",
+            "--wait",
+            show="modelyard invoke churn-async --async --file rows.csv --content-type text/csv "
+            "--wait",
+        )
+        run(MODELYARD, "async", "list", "churn-async")
+        results = sorted((state / "async" / "churn-async" / "output").glob("*.out"))
+        print(f"$ cat {results[-1].relative_to(WORK)}")
+        print(results[-1].read_text())
 
         step("Status and per-endpoint counts")
         for _ in range(3):

@@ -168,17 +168,19 @@ def describe_endpoint(view: dict[str, Any]) -> None:
 def async_table(items: list[dict[str, Any]]) -> None:
     table = Table(box=None, header_style="bold")
     table.add_column("INFERENCE ID", no_wrap=True, min_width=36)  # ids are for copying: whole
-    for column in ("STATUS", "RECEIVED", "TRIES"):
+    for column in ("STATUS", "RECEIVED", "ATTEMPTS"):
         table.add_column(column, no_wrap=True)
     table.add_column("DETAIL", overflow="fold")
     for item in items:
         received = item.get("received_at")
-        detail = item.get("output_location") or item.get("failure_reason") or item.get("message")
+        detail = item.get("failure_reason") or item.get("message") or ""
+        if item["status"] == "Completed":  # where: `modelyard async get ENDPOINT ID`
+            detail = f"{item.get('output_bytes') or 0} B result"
         table.add_row(
             item["inference_id"],
             item["status"],
             time.strftime("%H:%M:%S", time.localtime(received)) if received else "-",
             str(item.get("attempts", 0)),
-            detail or "",
+            detail,
         )
     out.print(table)
