@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,9 +54,15 @@ def open_read(uri: str) -> Any:
     path must be a regular file (not a pipe or a device, which could block a reader forever)."""
     if is_local(uri):
         path = local_path(uri)
-        if not os.path.isfile(path):
+        if os.path.realpath(path) != os.path.abspath(path):
+            raise FileNotFoundError(f"{path} is (or is under) a symbolic link; name its target")
+        # Non-blocking, so that opening a pipe does not wait for a writer; then checked.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
             raise FileNotFoundError(f"no regular file at {path}")
-        return open(path, "rb")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
     fs, path = filesystem(uri)
     return fs.open(path, "rb")
 

@@ -134,7 +134,7 @@ def test_cli_invoke_async_streams_a_file_and_waits(deployed: dict[str, Any]) -> 
         server.state_dir, "invoke", "jobs", "--async", "--input-location", nothing, "--wait"
     )
     assert missing.returncode == 1
-    assert f"cannot read the input at {nothing}" in missing.stderr
+    assert f"cannot read the input at file://{nothing}" in missing.stderr
     described = cli(server.state_dir, "describe", "endpoint", "jobs")
     assert "Type:       async" in described.stdout and "Webhook secret:" in described.stdout
 

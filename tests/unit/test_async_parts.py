@@ -185,10 +185,12 @@ def test_running_requests_without_a_dispatch_are_put_back(queue: AsyncQueue) -> 
     assert queue.recover() == 1  # a previous control plane's request
     queue.expire()  # this dispatcher's, whose outcome could not be recorded
     with queue.store.tx() as repo:
-        for inference_id in ("lost", "stranded"):
+        # Attempts only grow. A control-plane restart costs no try; an outcome that could not
+        # be recorded does (so one that never can be ends as a failure, not in a loop).
+        for inference_id, tries in (("lost", 0), ("stranded", 1)):
             job = repo.get_async(inference_id)
             assert job is not None and job.state == "queued"
-            assert (job.attempt, job.tries) == (1, 0)  # attempts only grow; no try counted
+            assert (job.attempt, job.tries) == (1, tries)
 
 
 def test_sweep_removes_what_crashed_writers_left_and_only_that(
@@ -217,3 +219,35 @@ def test_sweep_removes_what_crashed_writers_left_and_only_that(
             os.utime(inputs / name, (old, old))
     queue.sweep()
     assert sorted(p.name for p in inputs.iterdir()) == ["fresh", "pending"]
+
+
+def test_within_keeps_a_location_under_its_prefixes(tmp_path: Path) -> None:
+    allowed = tmp_path / "in"
+    (allowed / "sub").mkdir(parents=True)
+    (tmp_path / "secret").write_text("x")
+    os.symlink(tmp_path / "secret", allowed / "link")
+    prefixes = [str(allowed), "s3://bucket/data"]
+    assert storage.within(str(allowed / "sub" / "a.csv"), prefixes)
+    assert storage.within(f"file://{allowed}/a.csv", prefixes)
+    assert storage.within("s3://bucket/data/x.csv", prefixes)
+    for outside in (
+        str(tmp_path / "secret"),
+        f"{allowed}/../secret",
+        str(allowed / "link"),  # a link that leads out
+        f"{allowed}-sibling/a.csv",
+        "s3://bucket/database/x",
+        "s3://bucket/data/../other",
+        "memory://bucket/data/x.csv",
+    ):
+        assert not storage.within(outside, prefixes), outside
+
+
+def test_open_read_refuses_links_and_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    (tmp_path / "real.csv").write_bytes(b"1,2\n")
+    os.symlink(tmp_path / "real.csv", tmp_path / "link.csv")
+    os.mkfifo(tmp_path / "pipe")
+    with storage.open_read(str(tmp_path / "real.csv")) as fh:
+        assert fh.read() == b"1,2\n"
+    for refused in ("link.csv", "pipe", "missing.csv"):
+        with pytest.raises(OSError):
+            storage.open_read(str(tmp_path / refused))

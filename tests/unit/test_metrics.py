@@ -32,8 +32,10 @@ def samples(store: Store, now: float) -> dict[tuple[str, tuple[tuple[str, str], 
 
 def test_counts_cold_starts_replicas_and_the_async_backlog(store: Store) -> None:
     with store.tx() as repo:
-        for name in ("sl", "q"):
+        for name in ("sl", "q", "idle"):
             repo.create_endpoint(name, 1.0)
+        repo.add_revision("idle", 1, {"type": "async", "variants": []}, {}, 1.0)
+        repo.update_endpoint("idle", 1.0, target_revision=1, active_revision=1)
         repo.add_counts("sl", "v", 10, 2, 1, 5.0, cold_starts=3, cold_start_ms=240.0)
         repo.add_replica(id="r1", endpoint="sl", revision=1, variant="v", state="ready")
         repo.add_replica(id="r2", endpoint="sl", revision=1, variant="v", state="starting")
@@ -64,3 +66,6 @@ def test_counts_cold_starts_replicas_and_the_async_backlog(store: Store) -> None
     assert at("modelyard_async_backlog", endpoint="q", state="queued") == 2
     assert at("modelyard_async_backlog", endpoint="q", state="running") == 0
     assert at("modelyard_async_oldest_queued_age_seconds", endpoint="q") == pytest.approx(10.0)
+    # An async endpoint with an empty queue reads 0 (a series that vanished would break alerts).
+    assert at("modelyard_async_backlog", endpoint="idle", state="queued") == 0
+    assert at("modelyard_async_oldest_queued_age_seconds", endpoint="idle") == 0

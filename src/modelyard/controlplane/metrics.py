@@ -29,7 +29,13 @@ class StoreCollector(Collector):
             counts = repo.list_counts()
             replicas = repo.list_replicas()
             backlog = repo.backlog()
-            names = [e.name for e in repo.list_endpoints()]
+            async_names = [
+                e.name
+                for e in repo.list_endpoints()
+                if e.active_revision is not None
+                and (rev := repo.get_revision(e.name, e.active_revision)) is not None
+                and rev.spec.get("type") == "async"
+            ]
         labels = ["endpoint", "variant"]
         invocations = CounterMetricFamily(
             "modelyard_invocations", "Invocations answered by the gateway", labels=labels
@@ -76,13 +82,11 @@ class StoreCollector(Collector):
             labels=["endpoint"],
         )
         now = self.clock()
-        for name in names:
+        for name in sorted({*async_names, *backlog}):  # an empty queue reads 0, not absent
             entry = backlog.get(name)
-            if entry is None:
-                continue
-            queued.add_metric([name, "queued"], entry.queued)
-            queued.add_metric([name, "running"], entry.running)
-            oldest = entry.oldest_queued_at
+            queued.add_metric([name, "queued"], entry.queued if entry else 0)
+            queued.add_metric([name, "running"], entry.running if entry else 0)
+            oldest = entry.oldest_queued_at if entry else None
             age.add_metric([name], max(0.0, now - oldest) if oldest is not None else 0.0)
         yield from (queued, age)
 

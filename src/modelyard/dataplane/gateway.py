@@ -323,6 +323,8 @@ class Gateway:
             while True:
                 route = await self._fresh_route(name, _left(deadline))
                 variant = route.variants.get(variant_name) if route else None
+                if request.client_gone:
+                    raise _fail(499, sm.VALIDATION, "the client closed the connection")
                 if variant is not None and variant.replicas:
                     slot = self.counts.setdefault(name, {}).setdefault(
                         variant_name, [0, 0, 0, 0, 0]
@@ -336,8 +338,6 @@ class Gateway:
                     raise _fail(
                         503, sm.SERVICE_UNAVAILABLE, f"variant {variant_name} is gone; retry"
                     )
-                if request.client_gone:
-                    raise _fail(499, sm.VALIDATION, "the client closed the connection")
                 if time.monotonic() >= deadline:
                     raise _fail(
                         503,
@@ -419,6 +419,9 @@ class Gateway:
                 f"async.input_locations ({allowed}); send the payload as the request body, or "
                 "add its location to input_locations",
             )
+        if location and storage.is_local(location):
+            # Checked as resolved; stored resolved: a link swapped in later is not followed.
+            location = "file://" + os.path.realpath(storage.local_path(location))
         entry: dict[str, Any] = {
             "id": str(uuid.uuid4()),
             "endpoint": route.name,

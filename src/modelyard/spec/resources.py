@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -218,7 +219,14 @@ class AsyncSpec(_Spec):
     @classmethod
     def _prefixes(cls, values: list[str]) -> list[str]:
         for value in values:
-            if not value.strip() or value.strip() in ("/", "file://", "file:///"):
+            scheme, sep, rest = value.strip().partition("://")
+            if sep and scheme.lower() in ("http", "https"):
+                raise ValueError(f"{value!r}: web addresses cannot be input locations")
+            local = not sep or scheme.lower() == "file"
+            path = posixpath.normpath(rest if sep else scheme) if local else rest.strip("/")
+            if local and not path.startswith("/"):
+                raise ValueError(f"{value!r}: an absolute path (a relative one depends on cwd)")
+            if path.strip("/") in ("", "."):
                 raise ValueError(f"{value!r}: name a folder or prefix, not the whole filesystem")
         return values
 

@@ -44,7 +44,8 @@ from typing import Any
 
 import aiohttp
 import httpx
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from sqlalchemy.exc import InterfaceError, OperationalError
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from modelyard import inbox, storage, webhooks
 from modelyard.controlplane.store.repo import AsyncRecord, NotificationRecord, Store
@@ -59,6 +60,9 @@ _ERROR_BODY_MAX = 64 * 1024
 #: Seconds between a notification's delivery tries (then it is given up).
 NOTIFY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 NOTIFY_TIMEOUT_S = 5.0
+#: A notification in delivery is not picked again for this long (connect, send and read may each
+#: take up to the timeout).
+_LEASE_S = 3 * NOTIFY_TIMEOUT_S + 5.0
 #: How often finished requests past their retention are forgotten.
 SWEEP_EVERY_S = 60.0
 #: A partial file this old has no writer left (uploads and answers take at most about an hour).
@@ -69,8 +73,15 @@ GONE_FOR_S = 5.0
 
 #: Recording an outcome is retried through a passing store error (a locked SQLite database, a
 #: PostgreSQL reconnect); if it still fails the request stays ``running`` and is put back.
+def _passing(exc: BaseException) -> bool:
+    """A store error that a moment later may not repeat (a lock, a lost connection)."""
+    return isinstance(exc, StoreError) and isinstance(
+        exc.__cause__, OperationalError | InterfaceError
+    )
+
+
 _store_retry = retry(
-    retry=retry_if_exception_type(StoreError),
+    retry=retry_if_exception(_passing),
     stop=stop_after_attempt(5),
     wait=wait_exponential(multiplier=0.05, max=2.0),
     reraise=True,
@@ -142,7 +153,8 @@ class AsyncQueue:
         self._next_sweep = 0.0
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="async-dispatch")
         self._inflight: dict[str, int] = {}  # replica id → requests sent to it
-        self._running: set[str] = set()  # ids of the requests this dispatcher is running
+        #: the requests this dispatcher is running: id → the attempt being run
+        self._running: dict[str, int] = {}
         #: replicas found gone (address → until when): skipped for a while, time for the
         #: controller to notice and replace them, instead of burning requests' tries on them
         self._gone: dict[str, float] = {}
@@ -150,6 +162,7 @@ class AsyncQueue:
         self._io_loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
+        self._recovered = False
 
     # start-up ------------------------------------------------------------------------------
     def recover(self) -> int:
@@ -175,6 +188,9 @@ class AsyncQueue:
 
     # one pass ------------------------------------------------------------------------------
     def tick(self) -> None:
+        if not self._recovered:
+            self.recover()
+            self._recovered = True
         if self.ingest() and self.wake_controller is not None:
             self.wake_controller.set()  # scale from zero now, not at the next interval
         self.expire()
@@ -184,8 +200,8 @@ class AsyncQueue:
             self.sweep()
 
     def sweep(self) -> None:
-        """Retention: forget requests finished longer than ``retention_s`` ago, and remove the
-        partial files (``.<name>.part``) that crashed writers left in local async folders."""
+        """Retention: forget requests finished longer than ``retention_s`` ago, and clean the
+        server's own upload folders of what crashes left (after :data:`PARTIAL_FILES_KEPT_S`)."""
         with self.store.tx() as repo:
             forgotten = repo.purge_async(self.clock() - self.retention_s)
             where = [
@@ -198,16 +214,15 @@ class AsyncQueue:
             pending = repo.pending_async_ids()
         pending |= {entry["id"] for _, entry in inbox.entries(self.inbox_dir, limit=10**6)}
         cutoff = time.time() - PARTIAL_FILES_KEPT_S
-        folders = {storage.local_path(u) for w in where for u in w.values() if storage.is_local(u)}
-        inputs = {storage.local_path(w["input"]) for w in where}
-        for folder in folders:
+        # Only the folders the server owns (uploaded inputs), never a user's result folders.
+        for folder in {storage.local_path(w["input"]) for w in where}:
             with contextlib.suppress(OSError):
                 for path in Path(folder).iterdir():
-                    # Partial files of crashed writers, and uploaded inputs whose request ended
+                    # Partial uploads of a crashed gateway, and inputs whose request ended
                     # without removing them (a crash in between).
-                    stale = path.name.startswith(".") and path.name.endswith(".part")
-                    orphan = folder in inputs and not path.name.startswith(".")
-                    if (stale or (orphan and path.name not in pending)) and path.is_file():
+                    partial = path.name.startswith(".") and path.name.endswith(".part")
+                    orphan = not path.name.startswith(".") and path.name not in pending
+                    if (partial or orphan) and path.is_file():
                         with contextlib.suppress(OSError):
                             if path.stat().st_mtime < cutoff:
                                 path.unlink()
@@ -278,14 +293,15 @@ class AsyncQueue:
             stale = repo.list_async(states=("queued",), limit=1000, expires_before=now)
             mine = repo.list_async(states=("running",), limit=1000, dispatcher=self.dispatcher_id)
         with self._lock:
-            stranded = [job for job in mine if job.id not in self._running]
-        for job in stranded:  # its outcome could not be recorded: run it again
+            stranded = [job for job in mine if self._running.get(job.id) != job.attempt]
+        for job in stranded:  # its outcome could not be recorded: run it again (a try)
             with self.store.tx() as repo:
                 repo.update_async_if(
                     job.id,
                     "running",
                     job.attempt,
                     state="queued",
+                    tries=job.tries + 1,
                     replica_id=None,
                     message="its outcome could not be recorded; queued again",
                 )
@@ -340,6 +356,9 @@ class AsyncQueue:
                 queued = repo.list_async(target.name, ("queued",), limit=room)
             addresses = dict(target.replicas)
             for job in queued:
+                if job.tries >= MAX_TRIES:  # (only a queued request: nobody is running it)
+                    self._fail(job, job.attempt, f"{job.message}; gave up", state="queued")
+                    continue
                 rid = max(free, key=lambda r: free[r])
                 if free[rid] <= 0:
                     break
@@ -360,7 +379,7 @@ class AsyncQueue:
                 free[rid] -= 1
                 with self._lock:
                     self._inflight[rid] = self._inflight.get(rid, 0) + 1
-                    self._running.add(job.id)
+                    self._running[job.id] = attempt
                 self._pool.submit(self._run, job, attempt, rid, addresses[rid], dict(target.cfg))
 
     # one request ---------------------------------------------------------------------------
@@ -386,7 +405,8 @@ class AsyncQueue:
                 )
         finally:
             with self._lock:
-                self._running.discard(job.id)
+                if self._running.get(job.id) == attempt:
+                    del self._running[job.id]
                 left = self._inflight.get(rid, 1) - 1
                 if left > 0:
                     self._inflight[rid] = left
@@ -526,9 +546,13 @@ class AsyncQueue:
     @_store_retry
     def _succeed(self, job: AsyncRecord, attempt: int, size: int, content_type: str) -> None:
         # A failure file from an earlier attempt would make two outcomes: remove it first.
-        storage.remove(failure_uri(job.failure_location, job.id))
+        _remove(failure_uri(job.failure_location, job.id))
         now = self.clock()
-        inline = self._inline(job, size)
+        try:
+            inline = self._inline(job, size)
+        except (OSError, ValueError, ModelyardError) as exc:
+            log.warning("cannot inline the result of %s in its notification: %s", job.id, exc)
+            inline = None
         with self.store.tx() as repo:
             if not repo.update_async_if(
                 job.id,
@@ -547,7 +571,7 @@ class AsyncQueue:
     @_store_retry
     def _fail(self, job: AsyncRecord, attempt: int, reason: str, state: str = "running") -> None:
         now = self.clock()
-        storage.remove(result_uri(job.output_location, job.id))
+        _remove(result_uri(job.output_location, job.id))
         error = {
             "inferenceId": job.id,
             "endpointName": job.endpoint,
@@ -669,10 +693,6 @@ class AsyncQueue:
 
     # the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval_s: float) -> None:
-        try:
-            self.recover()
-        except ModelyardError as exc:
-            log.error("could not requeue the last control plane's async requests: %s", exc)
         while not stop.is_set():
             try:
                 self.tick()
@@ -686,12 +706,28 @@ class AsyncQueue:
         self._closing = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         loop = self._io_loop
-        if loop is not None:
+        if loop is None:
+            return
+
+        async def wind_down() -> None:  # the exchanges end, so their threads are free to exit
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self._session is not None:
-                closing = asyncio.run_coroutine_threadsafe(self._session.close(), loop)
-                with contextlib.suppress(Exception):
-                    closing.result(timeout=2)
-            loop.call_soon_threadsafe(loop.stop)
+                await self._session.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(wind_down(), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def _remove(uri: str) -> None:
+    """Remove a file of an earlier attempt; a storage that refuses is logged, not fatal."""
+    try:
+        storage.remove(uri)
+    except (OSError, ValueError, ModelyardError) as exc:
+        log.warning("cannot remove %s: %s", uri, exc)
 
 
 def _error_detail(data: bytes) -> str:
@@ -716,16 +752,26 @@ class Notifier:
         self.store = store
         self.clock = clock
         self.backoff_s = backoff_s
+        self.workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="webhook")
         self._http = httpx.Client(trust_env=False, timeout=NOTIFY_TIMEOUT_S)
+        self._busy: set[int] = set()
+        self._lock = threading.Lock()
 
     def tick(self) -> None:
         now = self.clock()
+        with self._lock:
+            free = self.workers - len(self._busy)
+        if free <= 0:
+            return
         with self.store.tx() as repo:
-            due = repo.due_notifications(now, 64)
-            for note in due:  # leased while in flight: the next ticks pass over them
-                repo.update_notification(note.id, next_at=now + NOTIFY_TIMEOUT_S + 5.0)
+            due = [n for n in repo.due_notifications(now, free + len(self._busy))]
+            due = [n for n in due if n.id not in self._busy][:free]
+            for note in due:  # leased while in flight (a crash lets it go after the lease)
+                repo.update_notification(note.id, next_at=now + _LEASE_S)
         for note in due:
+            with self._lock:
+                self._busy.add(note.id)
             self._pool.submit(self._deliver, note, note.secret)
 
     def _deliver(self, note: NotificationRecord, secret: str) -> None:
@@ -745,6 +791,9 @@ class Notifier:
             self._record(note, error)
         except Exception:  # the lease runs out and the next tick tries again
             log.exception("delivering notification %d failed", note.id)
+        finally:
+            with self._lock:
+                self._busy.discard(note.id)
 
     def _record(self, note: NotificationRecord, error: str) -> None:
         now = self.clock()

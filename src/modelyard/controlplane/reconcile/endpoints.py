@@ -322,9 +322,10 @@ class EndpointController:
     # the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval_s: float) -> None:
         next_full = 0.0
+        woken = True
         while not stop.is_set():
-            full = time.monotonic() >= next_full or self.wake.is_set() or not self.hurry
-            self.wake.clear()
+            full = woken or time.monotonic() >= next_full or not self.hurry
+            self.wake.clear()  # (a wake from now on makes the next wait return at once)
             try:
                 if full:
                     next_full = time.monotonic() + interval_s
@@ -333,7 +334,7 @@ class EndpointController:
                     self.tick(only=set(self.hurry))
             except Exception:  # keep the controller alive; the next tick retries
                 log.exception("controller tick failed")
-            self.wake.wait(HURRY_INTERVAL_S if self.hurry else interval_s)
+            woken = self.wake.wait(HURRY_INTERVAL_S if self.hurry else interval_s)
 
     def stop_all(self, timeout_s: float) -> None:
         """Server shutdown: drain every replica (desired state is kept for the next start)."""

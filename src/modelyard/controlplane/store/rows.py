@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -130,7 +140,7 @@ class AsyncInvocationRow(Base):
     input_uri: Mapped[str] = mapped_column(Text)
     #: the gateway wrote the input (from the request body); it is removed once the request ends
     input_owned: Mapped[bool] = mapped_column(default=False)
-    input_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    input_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     content_type: Mapped[str] = mapped_column(Text, default="")
     accept: Mapped[str] = mapped_column(Text, default="")
     custom_attributes: Mapped[str] = mapped_column(Text, default="")
@@ -149,7 +159,7 @@ class AsyncInvocationRow(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     replica_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     dispatcher: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    output_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     message: Mapped[str] = mapped_column(Text, default="")
 
 

@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("input_uri", sa.Text(), nullable=False),
         sa.Column("input_owned", sa.Boolean(), nullable=False),
-        sa.Column("input_bytes", sa.Integer(), nullable=True),
+        sa.Column("input_bytes", sa.BigInteger(), nullable=True),
         sa.Column("content_type", sa.Text(), nullable=False),
         sa.Column("accept", sa.Text(), nullable=False),
         sa.Column("custom_attributes", sa.Text(), nullable=False),
@@ -46,7 +46,7 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.Float(), nullable=True),
         sa.Column("replica_id", sa.String(32), nullable=True),
         sa.Column("dispatcher", sa.String(32), nullable=True),
-        sa.Column("output_bytes", sa.Integer(), nullable=True),
+        sa.Column("output_bytes", sa.BigInteger(), nullable=True),
         sa.Column("message", sa.Text(), nullable=False),
     )
     op.create_index(
