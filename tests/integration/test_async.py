@@ -163,6 +163,10 @@ def test_queued_request_ends_with_its_result(server: ServerProcess) -> None:
     assert not _exists(queued["failure_location"])
     listed = server.client.list_async_invocations("work", status="Completed")
     assert queued["inference_id"] in [item["inference_id"] for item in listed]
+    # Its replicas drain for as long as a request may run (900 s by default), not 25 s.
+    (rep,) = server.client.describe_endpoint("work")["variants"][0]["replicas"]
+    command = psutil.Process(rep["pid"]).cmdline()
+    assert command[command.index("--drain-grace-s") + 1] == "900"
 
 
 def test_payload_named_by_input_location_is_read_from_storage(server: ServerProcess) -> None:

@@ -619,3 +619,17 @@ def test_busy_serverless_update_keeps_its_capacity() -> None:
     )
     # The replicas carry over (same model): the new revision has its 3, and nothing stops.
     assert not [a for a in actions if isinstance(a, Stop | StartNew)]
+
+
+def test_a_stopping_async_replica_may_finish_its_requests_before_it_is_killed() -> None:
+    rev = typed_revision("async", invocation_timeout_s=600)
+    ep = endpoint(1, 1, status="Deleting", deleting=True)
+    stopping = replica("r1", state="stopping", stop_requested_at=0.0, signalled=1)
+    # Past the usual 30 s grace but within the 600 s invocation timeout: not killed yet.
+    assert run_with(rev, [stopping], 100.0, Activity(None), ep) == []
+    killed = run_with(rev, [stopping], 1.5 + 605.0, Activity(None), ep)
+    assert killed == [Signal("r1", "kill")]
+    # A real-time replica keeps the usual grace.
+    realtime = revision(1)
+    actions = plan(ep, {1: realtime}, [stopping], {"r1": RUNNING}, 100.0, CFG)
+    assert actions == [Signal("r1", "kill")]

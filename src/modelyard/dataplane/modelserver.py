@@ -82,7 +82,7 @@ _METRICS_HEADERS = ((b"content-type", CONTENT_TYPE_LATEST.encode()),)
 _MEDIA_BYTES = {media: media.encode() for media in codecs.MEDIA_TYPES}
 _CUSTOM_ATTRIBUTES = b"x-amzn-sagemaker-custom-attributes"
 _PING = b'{"status":"ok"}'
-_DRAIN_GRACE_S = 25.0  # the controller kills a replica 30 s after asking it to stop
+_DRAIN_GRACE_S = 25.0  # the controller kills a replica 30 s after asking it to stop (default)
 _DECODE_INLINE_BYTES = 64 * 1024  # bigger bodies are decoded off the event loop
 _STREAM_ABOVE = 1024 * 1024  # line-oriented bodies over this (or chunked) are streamed
 _MAX_STREAMED_BODY = 2**30 + 2**20  # 1 GiB, and a little for the line ends of the last row
@@ -565,7 +565,7 @@ async def _serve(app: ReplicaApp, args: argparse.Namespace) -> bool:
         _say(f"cannot serve: {exc}")
         return False
     _say(f"ready on {address}")
-    await serve_until_signalled(server, grace_s=_DRAIN_GRACE_S)
+    await serve_until_signalled(server, grace_s=args.drain_grace_s)
     if app.batcher is not None:
         await app.batcher.close()
     if args.uds:
@@ -585,6 +585,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         default=Path(tempfile.gettempdir()) / "modelyard-artifacts",
         help="where artifacts with non-local URIs are copied",
+    )
+    parser.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=_DRAIN_GRACE_S,
+        help="after SIGTERM, how long requests in progress may take to finish",
     )
     return parser.parse_args(argv)
 

@@ -22,6 +22,9 @@ class ReplicaLaunch:
     cpus: float | None = None
     #: ``{"max_batch_size", "max_delay_ms"}`` when the variant batches; None otherwise.
     batching: dict[str, Any] | None = None
+    #: how long the model server lets requests in progress finish after SIGTERM (None: its
+    #: default); async endpoints' replicas drain for their invocation timeout
+    drain_grace_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

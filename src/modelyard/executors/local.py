@@ -127,6 +127,11 @@ class LocalExecutor:
             str(port),
             "--cache-dir",
             str(self.cache_dir),
+            *(
+                ["--drain-grace-s", f"{launch.drain_grace_s:g}"]
+                if launch.drain_grace_s is not None
+                else []
+            ),
         ]
 
     def _command(self, launch: ReplicaLaunch, port: int) -> tuple[list[str], dict[str, str]]:

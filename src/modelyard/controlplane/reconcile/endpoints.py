@@ -30,6 +30,7 @@ from modelyard.controlplane.reconcile.plan import (
     Signal,
     StartNew,
     Stop,
+    drain_grace_s,
     plan,
 )
 from modelyard.controlplane.store.repo import EndpointRecord, ReplicaRecord, Store
@@ -274,6 +275,7 @@ class EndpointController:
             log_path=Path(rep.log_path),
             cpus=(vspec.get("resources") or {}).get("cpus"),
             batching=vspec.get("batching"),
+            drain_grace_s=drain_grace_s(rev.spec),
         )
         now = self.clock()
         try:

@@ -193,6 +193,19 @@ def wanted_replicas(
     return count if now - since < float(spec["async"]["idle_timeout_s"]) else 0
 
 
+def drain_grace_s(spec: Mapping[str, Any]) -> float | None:
+    """How long a stopping replica may take to finish the requests it has: an async endpoint's
+    requests may run for its invocation timeout; None: the model server's default."""
+    if spec.get("type") == "async":
+        return float(spec["async"]["invocation_timeout_s"])
+    return None
+
+
+def _drain_of(revisions: Mapping[int, RevisionRecord], rep: ReplicaRecord) -> float | None:
+    rev = revisions.get(rep.revision)
+    return drain_grace_s(rev.spec) if rev is not None else None
+
+
 def memory_limit_mb(
     revision: RevisionRecord | None, variant: Mapping[str, Any] | None
 ) -> int | None:
@@ -218,6 +231,7 @@ def _observe(
     cfg: PlanSettings,
     may_fail: bool = True,
     memory_limit: int | None = None,
+    drain_s: float | None = None,
 ) -> tuple[str, list[Action]]:
     """The replica's state after this tick's observation, and the actions that record it.
 
@@ -233,7 +247,9 @@ def _observe(
         waited = now - rep.stop_requested_at
         if rep.signalled == 0 and waited >= cfg.drain_delay_s:
             return "stopping", [Signal(rep.id, "term")]
-        if rep.signalled == 1 and waited >= cfg.drain_delay_s + cfg.stop_grace_s:
+        # SIGKILL once the replica's own drain grace has passed (with a margin), or ours.
+        grace = cfg.stop_grace_s if drain_s is None else max(cfg.stop_grace_s, drain_s + 5.0)
+        if rep.signalled == 1 and waited >= cfg.drain_delay_s + grace:
             return "stopping", [Signal(rep.id, "kill")]
         return "stopping", []
     if obs.exit_code is not None:
@@ -284,7 +300,9 @@ def plan(
     if endpoint.deleting:
         for rep in replicas:
             if rep.state == "stopping":
-                actions += _observe(rep, observed.get(rep.id), None, now, cfg)[1]
+                actions += _observe(
+                    rep, observed.get(rep.id), None, now, cfg, drain_s=_drain_of(revisions, rep)
+                )[1]
             else:
                 actions.append(Stop(rep.id))
         if not replicas and activity.backlog == 0:  # accepted async requests end first
@@ -295,7 +313,9 @@ def plan(
         # Nothing is retried until the user applies again; only finish stopping what runs.
         for rep in replicas:
             if rep.state == "stopping":
-                actions += _observe(rep, observed.get(rep.id), None, now, cfg)[1]
+                actions += _observe(
+                    rep, observed.get(rep.id), None, now, cfg, drain_s=_drain_of(revisions, rep)
+                )[1]
             elif rep.state != "failed":
                 actions.append(Stop(rep.id))
         return actions
@@ -307,7 +327,14 @@ def plan(
         spec = _variant_spec(rev, rep.variant)
         serving = rep.revision == endpoint.active_revision
         new_state, acts = _observe(
-            rep, observed.get(rep.id), spec, now, cfg, not serving, memory_limit_mb(rev, spec)
+            rep,
+            observed.get(rep.id),
+            spec,
+            now,
+            cfg,
+            not serving,
+            memory_limit_mb(rev, spec),
+            _drain_of(revisions, rep),
         )
         state[rep.id] = new_state
         actions += acts
