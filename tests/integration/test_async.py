@@ -268,6 +268,25 @@ def test_deleting_an_endpoint_fails_its_queued_requests(server: ServerProcess) -
     assert _exists(busy["output_location"]) != _exists(busy["failure_location"])
 
 
+def test_a_request_can_shorten_its_own_invocation_timeout(server: ServerProcess) -> None:
+    queued = server.client.invoke_async(
+        "work", json.dumps({"n": 12, "sleep": 3}), invocation_timeout_s=1
+    )
+    view = server.client.wait_async("work", queued["inference_id"], timeout_s=60)
+    assert view["status"] == "Failed"
+    assert view["failure_reason"] == "the model did not answer within 1 s"
+
+
+def test_unsupported_async_options_and_filters_are_refused(server: ServerProcess) -> None:
+    url = f"{server.gateway_url}/endpoints/work/async-invocations"
+    resp = server.http.post(
+        url, content=b"{}", headers={"X-Amzn-SageMaker-S3OutputPathExtension": "x"}
+    )
+    assert resp.status_code == 400 and "not supported" in resp.json()["message"]
+    with pytest.raises(InvalidInputError, match="status: one of Queued"):
+        server.client.list_async_invocations("work", status="Lost")
+
+
 def test_scales_to_zero_when_idle_and_from_zero_on_a_request(server: ServerProcess) -> None:
     def replicas() -> list[dict[str, Any]]:
         return server.client.describe_endpoint("zero")["variants"][0]["replicas"]

@@ -251,3 +251,13 @@ def test_open_read_refuses_links_and_what_is_not_a_regular_file(tmp_path: Path) 
     for refused in ("link.csv", "pipe", "missing.csv"):
         with pytest.raises(OSError):
             storage.open_read(str(tmp_path / refused))
+
+
+def test_a_replica_stopped_on_purpose_costs_a_request_no_try(queue: AsyncQueue) -> None:
+    with queue.store.tx() as repo:
+        repo.create_endpoint("e", 1.0)
+        repo.add_replica(id="up", endpoint="e", revision=1, variant="v", state="ready")
+        repo.add_replica(id="going", endpoint="e", revision=1, variant="v", state="stopping")
+    assert not queue._stopped_on_purpose("up")  # it crashed under the request: a try
+    assert queue._stopped_on_purpose("going")  # scale-in, a new revision: no try
+    assert queue._stopped_on_purpose("forgotten")  # already stopped and removed

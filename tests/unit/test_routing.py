@@ -136,3 +136,18 @@ def test_build_routes_keeps_outstanding_counts_across_refreshes() -> None:
 def test_build_routes_drops_endpoints_no_longer_in_the_table() -> None:
     first = build_routes(_table(1, {"a": (1, ["h1"])}), {})
     assert build_routes({}, first) == {}
+
+
+def test_each_gateway_worker_enforces_its_share_of_a_serverless_cap() -> None:
+    table = {
+        "sl": {
+            "type": "serverless",
+            "max_concurrency": 5,
+            "revision": 1,
+            "variants": [{"name": "v", "weight": 1, "replicas": []}],
+        }
+    }
+    assert build_routes(table, {}, workers=1)["sl"].max_concurrency == 5
+    assert build_routes(table, {}, workers=2)["sl"].max_concurrency == 3  # rounded up
+    assert build_routes(table, {}, workers=8)["sl"].max_concurrency == 1  # never 0
+    assert build_routes(table, {})["sl"].kind == "serverless"

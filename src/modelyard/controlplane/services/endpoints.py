@@ -9,11 +9,11 @@ from typing import Any
 
 from modelyard.controlplane.reconcile import asyncq
 from modelyard.controlplane.reconcile.endpoints import tail_lines
-from modelyard.controlplane.store.repo import EndpointRecord, Repo, Store
+from modelyard.controlplane.store.repo import CounterRecord, EndpointRecord, Repo, Store
 from modelyard.errors import NotFoundError
 
 
-def _counts(repo: Repo, name: str) -> dict[str, dict[str, Any]]:
+def _counts(records: list[CounterRecord]) -> dict[str, dict[str, Any]]:
     return {
         c.variant: {
             "invocations": c.invocations,
@@ -24,12 +24,12 @@ def _counts(repo: Repo, name: str) -> dict[str, dict[str, Any]]:
             if c.cold_starts
             else None,
         }
-        for c in repo.list_counts(name)
+        for c in records
     }
 
 
 def _summary(repo: Repo, endpoint: EndpointRecord) -> dict[str, Any]:
-    counts = _counts(repo, endpoint.name)
+    counts = _counts(repo.list_counts(endpoint.name))
     replicas = repo.list_replicas(endpoint.name)
     live = [r for r in replicas if r.revision == endpoint.active_revision]
     return {
@@ -74,7 +74,8 @@ def describe_endpoint(
         view = _summary(repo, endpoint)
         revision = repo.get_revision(name, endpoint.target_revision)
         replicas = repo.list_replicas(name)
-        counts = _counts(repo, name)
+        raw_counts = repo.list_counts(name)
+        counts = _counts(raw_counts)
         events = repo.list_events(name)
         revisions = repo.list_revisions(name)
         backlog = repo.backlog().get(name)
@@ -137,9 +138,8 @@ def describe_endpoint(
         view["last_log_lines"] = failed_logs
     kind = revision.spec.get("type", "realtime")
     if kind == "serverless":
-        cold = [c for c in counts.values() if c["cold_starts"]]
-        held_ms = sum(c["cold_starts"] * c["cold_start_ms_avg"] for c in cold)
-        starts = sum(c["cold_starts"] for c in cold)
+        starts = sum(c.cold_starts for c in raw_counts)
+        held_ms = sum(c.cold_start_ms for c in raw_counts)
         view["serverless_status"] = {
             "cold_starts": starts,
             "cold_start_ms_avg": round(held_ms / starts, 1) if starts else None,
