@@ -107,13 +107,16 @@ class Predictor:
 
 
 HOLDER_SOURCE = """
-import os, time
+import os, time, uuid
 
 class Predictor:
     def load(self, model_dir):
+        self.folder = model_dir
         self.release = os.path.join(model_dir, "release")
 
     def predict(self, inputs):
+        if inputs == "hold":  # one file per request held, so a test knows when they arrived
+            open(os.path.join(self.folder, "held-" + uuid.uuid4().hex), "w").close()
         deadline = time.monotonic() + 60
         while inputs == "hold" and not os.path.exists(self.release) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -127,6 +130,16 @@ def make_holder(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "holder.py").write_text(HOLDER_SOURCE)
     return folder
+
+
+def wait_held(folder: Path, count: int, timeout_s: float = 30.0) -> None:
+    """Wait until a holder made by ``make_holder`` is holding ``count`` requests (in total)."""
+    wait_for(
+        lambda: len(list(folder.glob("held-*"))) >= count,
+        timeout_s,
+        interval_s=0.02,
+        what=f"{count} requests to be held by the model",
+    )
 
 
 def make_python_predictor(folder: Path) -> Path:

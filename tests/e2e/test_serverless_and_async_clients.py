@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 from botocore.config import Config
 
-from tests.support import ServerProcess, make_holder, make_sklearn_model, wait_for, write_yaml
+from tests.support import (
+    ServerProcess,
+    make_holder,
+    make_sklearn_model,
+    wait_for,
+    wait_held,
+    write_yaml,
+)
 
 
 def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -159,6 +166,7 @@ def test_boto3_sees_throttling_over_max_concurrency(deployed: dict[str, Any]) ->
         return None
 
     try:
+        wait_held(root / "holder", 1)  # in progress: the next request is over the cap
         code = wait_for(throttled, 30, interval_s=0.02, what="boto3 to be throttled")
     finally:
         (root / "holder" / "release").write_text("go")

@@ -16,6 +16,7 @@ from tests.support import (
     make_holder,
     make_sklearn_model,
     wait_for,
+    wait_held,
     write_byoc_server,
     write_yaml,
 )
@@ -163,6 +164,7 @@ def test_requests_over_max_concurrency_are_throttled(server: ServerProcess) -> N
         return resp if resp.status_code == 429 else None
 
     try:
+        wait_held(HOLDER, 2)  # both are in progress: the next request is over the cap
         resp = wait_for(throttled, 30, interval_s=0.02, what="a request over the cap to get 429")
     finally:
         (HOLDER / "release").write_text("go")
