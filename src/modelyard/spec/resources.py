@@ -305,8 +305,214 @@ class EndpointDocument(_Spec):
     spec: EndpointSpec
 
 
-Document = Annotated[ModelDocument | EndpointDocument, Field(discriminator="kind")]
-KINDS = ("Model", "Endpoint")
+# Batch transform ------------------------------------------------------------------------------
+
+#: Input media types a transform job reads, and the media type each sends its records as.
+TRANSFORM_CONTENT_TYPES = (
+    "text/csv",
+    "application/jsonlines",
+    "application/json",
+    "application/x-npy",
+    "application/x-parquet",
+)
+TransformContentType = Literal[
+    "text/csv",
+    "application/jsonlines",
+    "application/json",
+    "application/x-npy",
+    "application/x-parquet",
+]
+
+
+def _storage_uri(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a storage URI or path, not empty")
+    scheme, sep, _ = value.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        raise ValueError(f"{value!r}: web addresses are not storage; use file://, s3:// and such")
+    return value
+
+
+class TransformInputSpec(_Spec):
+    uri: str = Field(description="a file, or a folder or prefix whose files are all read")
+    content_type: TransformContentType = Field(
+        default="text/csv", description="the media type of the input files"
+    )
+    split_type: Literal["none", "line"] = Field(
+        default="line",
+        description="line: each line is a record; none: each file is one record",
+    )
+    compression: Literal["none", "gzip"] = Field(
+        default="none", description="gzip: every input file is gzip-compressed"
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _storage_uri(value)
+
+    @model_validator(mode="after")
+    def _split(self) -> TransformInputSpec:
+        if self.content_type == "application/json" and self.split_type != "none":
+            raise ValueError(
+                "application/json input is one JSON document per file: split_type must be none "
+                "(for one JSON value per line, use application/jsonlines)"
+            )
+        if self.content_type == "application/x-npy" and self.split_type != "none":
+            raise ValueError(
+                "application/x-npy input is one array per file: split_type must be none"
+            )
+        if self.content_type == "application/x-parquet":
+            if self.split_type != "line":
+                raise ValueError("parquet input is read by rows: split_type must be line")
+            if self.compression != "none":
+                raise ValueError("parquet compresses inside the file: compression must be none")
+        return self
+
+
+class TransformOutputSpec(_Spec):
+    uri: str = Field(description="a folder or prefix; each input file's results go to <name>.out")
+    accept: str | None = Field(
+        default=None,
+        description="the media type asked of the model (default: text/csv for CSV input, "
+        "application/jsonlines for JSON lines and parquet, application/json otherwise)",
+    )
+    assemble_with: Literal["none", "line"] | None = Field(
+        default=None,
+        description="line: one output line per record; none: the model's answers as they come "
+        "(default: line when input.split_type is line)",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _storage_uri(value)
+
+
+class DataProcessingSpec(_Spec):
+    """Selecting what goes to the model and what is written, as SageMaker's DataProcessing."""
+
+    input_filter: str | None = Field(
+        default=None,
+        description="JSONPath applied to each record before it is sent; CSV records are arrays of "
+        "columns ('$[1:]' drops the first column)",
+    )
+    output_filter: str | None = Field(
+        default=None,
+        description="JSONPath applied to each written record (after join_source); CSV records "
+        "are arrays of columns",
+    )
+    join_source: Literal["none", "input"] = Field(
+        default="none",
+        description="input: write each input record with its output (CSV: columns appended; "
+        "JSON: the output under SageMakerOutput)",
+    )
+
+    @field_validator("input_filter", "output_filter")
+    @classmethod
+    def _jsonpath(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from jsonpath_ng.exceptions import JsonPathParserError  # only when a filter is given
+        from jsonpath_ng.ext import parse  # type: ignore[attr-defined]
+
+        try:
+            parse(value)
+        except (JsonPathParserError, Exception) as exc:  # the parser raises plain Exceptions too
+            raise ValueError(f"{value!r} is not a JSONPath expression: {exc}") from exc
+        return value
+
+
+class ModelClientSpec(_Spec):
+    timeout_s: int = Field(
+        default=600, ge=1, le=3600, description="longest one mini-batch may take on a replica"
+    )
+    max_retries: int = Field(
+        default=3, ge=0, le=3, description="tries again after a failed mini-batch before it fails"
+    )
+
+
+class TransformJobSpec(_Spec):
+    model: Name = Field(description="the Model to run (its runtime, artifact and environment)")
+    input: TransformInputSpec = Field(description="where the records come from")
+    output: TransformOutputSpec = Field(description="where the results go")
+    batch_strategy: Literal["single_record", "multi_record"] = Field(
+        default="multi_record",
+        description="multi_record: as many records per request as max_payload_mb allows",
+    )
+    max_payload_mb: int = Field(
+        default=6, ge=1, le=100, description="the largest request body sent to the model (MB)"
+    )
+    max_concurrent_transforms: int = Field(
+        default=1, ge=1, le=64, description="requests each replica works on at once"
+    )
+    instance_count: int = Field(
+        default=1, ge=1, le=64, description="replicas started for the job (stopped after it)"
+    )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="per replica")
+    startup_timeout_s: int = Field(
+        default=240, ge=1, le=3600, description="seconds a replica has to answer GET /ping"
+    )
+    data_processing: DataProcessingSpec = Field(
+        default_factory=DataProcessingSpec, description="filters and joining with the input"
+    )
+    model_client: ModelClientSpec = Field(
+        default_factory=ModelClientSpec, description="timeout and retries per mini-batch"
+    )
+    max_failed_records: int = Field(
+        default=0,
+        ge=0,
+        description="records that may fail (in failed mini-batches) with the job still "
+        "completing, as CompletedWithFailures; one more and it stops as Failed",
+    )
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="environment variables for the job's replicas"
+    )
+
+    @model_validator(mode="after")
+    def _combinations(self) -> TransformJobSpec:
+        dp = self.data_processing
+        per_record = dp.input_filter or dp.output_filter or dp.join_source == "input"
+        if per_record and self.input.split_type == "none":
+            raise ValueError(
+                "data_processing filters and join_source work on records: they need "
+                "input.split_type line"
+            )
+        accept = self.output_accept
+        if per_record and accept not in ("text/csv", "application/jsonlines", "application/json"):
+            raise ValueError(
+                f"data_processing needs answers split into records: output.accept {accept!r} "
+                "must be text/csv, application/jsonlines or application/json"
+            )
+        return self
+
+    @property
+    def output_accept(self) -> str:
+        if self.output.accept:
+            return self.output.accept
+        return {
+            "text/csv": "text/csv",
+            "application/jsonlines": "application/jsonlines",
+            "application/x-parquet": "application/jsonlines",
+        }.get(self.input.content_type, "application/json")
+
+    @property
+    def assemble_lines(self) -> bool:
+        if self.output.assemble_with is not None:
+            return self.output.assemble_with == "line"
+        return self.input.split_type == "line"
+
+
+class TransformJobDocument(_Spec):
+    kind: Literal["TransformJob"]
+    name: Name
+    spec: TransformJobSpec
+
+
+Document = Annotated[
+    ModelDocument | EndpointDocument | TransformJobDocument, Field(discriminator="kind")
+]
+KINDS = ("Model", "Endpoint", "TransformJob")
 
 
 def dump_spec(spec: BaseModel) -> dict[str, Any]:

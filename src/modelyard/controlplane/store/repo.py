@@ -25,6 +25,7 @@ from modelyard.controlplane.store.rows import (
     NotificationRow,
     ReplicaRow,
     RevisionRow,
+    TransformJobRow,
 )
 from modelyard.errors import StoreError
 
@@ -152,6 +153,32 @@ class NotificationRecord:
     next_at: float
     last_error: str
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TransformRecord:
+    name: str
+    status: str
+    message: str
+    spec: dict[str, Any]
+    model: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    stop_requested: bool
+    attempt: int
+    files: list[dict[str, Any]] | None
+    total_records: int | None
+    cursor: dict[str, Any]
+    failure_bytes: int
+    records_done: int
+    records_failed: int
+    replicas: list[dict[str, Any]]
+    run_seconds: float
+
+
+#: transform job statuses a runner works on
+TRANSFORM_ACTIVE = ("InProgress", "Stopping")
 
 
 def _record(cls: type[Any], row: Any) -> Any:
@@ -532,6 +559,48 @@ class Repo:
         if row is not None:
             for key, value in values.items():
                 setattr(row, key, value)
+
+    # transform jobs
+    def add_transform(
+        self, name: str, spec: dict[str, Any], model: dict[str, Any], now: float
+    ) -> None:
+        self.s.add(
+            TransformJobRow(
+                name=name,
+                status="InProgress",
+                message="",
+                spec=spec,
+                model=model,
+                created_at=now,
+                stop_requested=False,
+                attempt=0,
+                cursor={"file": 0, "start": 0, "line": 1, "out_bytes": 0, "finalizing": False},
+                failure_bytes=0,
+                records_done=0,
+                records_failed=0,
+                replicas=[],
+                run_seconds=0.0,
+            )
+        )
+        self.s.flush()
+
+    def get_transform(self, name: str) -> TransformRecord | None:
+        row = self.s.get(TransformJobRow, name)
+        return _record(TransformRecord, row) if row else None
+
+    def list_transforms(self, active_only: bool = False) -> list[TransformRecord]:
+        query = select(TransformJobRow).order_by(TransformJobRow.created_at.desc())
+        if active_only:
+            query = query.where(TransformJobRow.status.in_(TRANSFORM_ACTIVE))
+        return [_record(TransformRecord, r) for r in self.s.scalars(query)]
+
+    def update_transform(self, name: str, *, if_attempt: int | None = None, **values: Any) -> bool:
+        """Write ``values``; with ``if_attempt``, only while the job's attempt is still that one
+        (a run that lost its claim writes nothing). Whether a row was written."""
+        query = update(TransformJobRow).where(TransformJobRow.name == name)
+        if if_attempt is not None:
+            query = query.where(TransformJobRow.attempt == if_attempt)
+        return bool(self.s.execute(query.values(**values)).rowcount)  # type: ignore[attr-defined]
 
 
 class Store:

@@ -182,3 +182,38 @@ class NotificationRow(Base):
     next_at: Mapped[float] = mapped_column(Float)
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class TransformJobRow(Base):
+    """A batch transform job and how far it got.
+
+    ``cursor`` is the first record not yet committed: ``{file, start, line, out_bytes,
+    finalizing}``; the output of the file being written has exactly ``out_bytes`` committed, and
+    the failure file ``failure_bytes``. ``attempt`` fences a run: only the run that claimed the
+    current attempt writes progress.
+    """
+
+    __tablename__ = "transform_jobs"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: the Model's spec when the job was created (a job runs what it was given)
+    model: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stop_requested: Mapped[bool] = mapped_column(default=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    #: ``[{uri, name, size, records}]``, listed and counted once when the job first runs
+    files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    total_records: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cursor: Mapped[dict[str, Any]] = mapped_column(JSON)
+    failure_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    records_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    records_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: the replicas the current run started: ``[{id, pid, started_at, address, log_path}]``
+    replicas: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    #: seconds spent running, summed over runs (a resumed job's throughput counts only these)
+    run_seconds: Mapped[float] = mapped_column(Float, default=0.0)

@@ -1,0 +1,281 @@
+"""Reading a transform job's input: its files, their records, and mini-batches of them.
+
+A record is a line (``split_type: line``), a parquet row, or a whole file (``split_type: none``).
+Positions are offsets into the *decompressed* stream (parquet: row numbers), so that a job can
+resume at the first record it has not committed, whatever the compression. Files are read in
+chunks and never held whole: memory stays flat however large the input.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from modelyard import storage
+from modelyard.spec.resources import TransformInputSpec, TransformJobSpec
+
+CHUNK = 1 << 20
+#: what each input media type is sent to the model as
+REQUEST_MEDIA = {
+    "text/csv": "text/csv",
+    "application/jsonlines": "application/jsonlines",
+    "application/json": "application/json",
+    "application/x-npy": "application/x-npy",
+    "application/x-parquet": "application/jsonlines",
+}
+_BLANK_LINE = re.compile(rb"(?m)^[ \t\r]*\n")
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    uri: str
+    #: the path under the input prefix; results go to ``<output>/<name>.out``
+    name: str
+    size: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """A run of records from one file, sent to the model in one request."""
+
+    file: int
+    #: where the batch starts and ends in the (decompressed) file; parquet: row numbers
+    start: int
+    end: int
+    #: the line (or row, from 1) of the first record
+    first_line: int
+    records: list[bytes]
+    #: the line of each record (blank lines are not records but are counted as lines)
+    lines: list[int] = field(default_factory=list)
+    #: a single record over max_payload_mb: it fails without being sent
+    too_large: bool = False
+    #: the line (or row) number at ``end``: where a resumed run counts from
+    next_line: int = 1
+
+
+def list_inputs(uri: str) -> list[InputFile]:
+    """The files of an input: ``uri`` itself when it is a file, else every file under it (in
+    name order; names starting with ``.`` are skipped). Raises FileNotFoundError when none."""
+    fs, path = storage.filesystem(uri)
+    if fs.isfile(path):
+        return [InputFile(uri, posixpath_basename(path), int(fs.size(path) or 0))]
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"no file or folder at {uri}")
+    found = fs.find(path, detail=True)
+    root = path.rstrip("/") + "/"
+    files = []
+    for full, info in sorted(found.items()):
+        name = full[len(root) :] if full.startswith(root) else posixpath_basename(full)
+        if any(part.startswith(".") for part in name.split("/")):
+            continue
+        if info.get("type", "file") != "file":
+            continue
+        files.append(InputFile(storage.join(uri, name), name, int(info.get("size") or 0)))
+    if not files:
+        raise FileNotFoundError(f"no files under {uri}")
+    return files
+
+
+def posixpath_basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def open_stream(file: InputFile, spec: TransformInputSpec) -> IO[bytes]:
+    raw = storage.open_read(file.uri)
+    if spec.compression == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw  # type: ignore[no-any-return]
+
+
+def check_readable(file: InputFile, spec: TransformInputSpec) -> None:
+    """Fail now (not mid-job) on a file that cannot be opened or decompressed, or is not
+    parquet."""
+    if spec.content_type == "application/x-parquet":
+        import pyarrow.parquet as pq
+
+        with storage.open_read(file.uri) as raw:
+            pq.ParquetFile(raw).metadata  # noqa: B018  reads and checks the footer
+        return
+    with open_stream(file, spec) as stream:
+        stream.read(1)
+
+
+def count_records(file: InputFile, spec: TransformInputSpec) -> int:
+    """The records of a file (one pass over it; parquet: its footer)."""
+    if spec.split_type == "none":
+        return 1
+    if spec.content_type == "application/x-parquet":
+        import pyarrow.parquet as pq
+
+        with storage.open_read(file.uri) as raw:
+            return int(pq.ParquetFile(raw).metadata.num_rows)
+    count = 0
+    tail = b""
+    with open_stream(file, spec) as stream:
+        while chunk := stream.read(CHUNK):
+            chunk = tail + chunk
+            cut = chunk.rfind(b"\n") + 1
+            whole, tail = chunk[:cut], chunk[cut:]
+            count += whole.count(b"\n") - len(_BLANK_LINE.findall(whole))
+    if tail.strip():
+        count += 1
+    return count
+
+
+def batches(
+    index: int, file: InputFile, job: TransformJobSpec, start: int, first_line: int
+) -> Iterator[Batch]:
+    """The mini-batches of one file, from ``start`` (a position a previous batch ended at)."""
+    spec = job.input
+    limit = job.max_payload_mb * 1_000_000
+    if spec.split_type == "none":
+        yield _whole_file(index, file, spec, limit)
+    elif spec.content_type == "application/x-parquet":
+        yield from _parquet_batches(index, file, job, start, limit)
+    else:
+        yield from _line_batches(index, file, job, start, first_line, limit)
+
+
+def _whole_file(index: int, file: InputFile, spec: TransformInputSpec, limit: int) -> Batch:
+    with open_stream(file, spec) as stream:
+        body = stream.read(limit + 1)
+        size = len(body)
+        if size > limit:
+            while chunk := stream.read(CHUNK):
+                size += len(chunk)
+    return Batch(index, 0, size, 1, [body], [1], too_large=size > limit, next_line=2)
+
+
+def _line_batches(
+    index: int, file: InputFile, job: TransformJobSpec, start: int, first_line: int, limit: int
+) -> Iterator[Batch]:
+    single = job.batch_strategy == "single_record"
+    with open_stream(file, job.input) as stream:
+        _skip(stream, start)
+        pos = start  # where the next unread line starts
+        line_no = first_line
+        records: list[bytes] = []
+        lines: list[int] = []
+        size = 0
+        batch_start = pos
+        tail = b""
+        while True:
+            chunk = stream.read(CHUNK)
+            if not chunk:
+                if not tail:
+                    break
+                chunk, tail = tail + b"\n", b""  # the last line, without its line end
+                final_pad = 1
+            else:
+                chunk = tail + chunk
+                cut = chunk.rfind(b"\n") + 1
+                chunk, tail = chunk[:cut], chunk[cut:]
+                final_pad = 0
+                if not chunk:
+                    continue
+            parts = chunk.split(b"\n")
+            parts.pop()  # after the last line end
+            for line in parts:
+                width = len(line) + 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if not line or line.isspace():
+                    pos += width
+                    line_no += 1
+                    if not records:
+                        batch_start = pos
+                    continue
+                if records and (single or size + len(line) + 1 > limit):
+                    yield Batch(
+                        index, batch_start, pos, lines[0], records, lines, next_line=line_no
+                    )
+                    records, lines, size, batch_start = [], [], 0, pos
+                if len(line) + 1 > limit:
+                    yield Batch(
+                        index,
+                        pos,
+                        pos + width - final_pad,
+                        line_no,
+                        [b""],
+                        [line_no],
+                        too_large=True,
+                        next_line=line_no + 1,
+                    )
+                    pos += width
+                    line_no += 1
+                    batch_start = pos
+                    continue
+                records.append(line)
+                lines.append(line_no)
+                size += len(line) + 1
+                pos += width
+                line_no += 1
+            pos -= final_pad
+        if records:
+            yield Batch(index, batch_start, pos, lines[0], records, lines, next_line=line_no)
+
+
+def _skip(stream: IO[bytes], count: int) -> None:
+    if count <= 0:
+        return
+    try:
+        stream.seek(count)
+        return
+    except (OSError, ValueError, AttributeError):
+        pass
+    while count > 0:  # a stream that cannot seek: read past
+        chunk = stream.read(min(CHUNK, count))
+        if not chunk:
+            raise EOFError("the input file is shorter than when the job began")
+        count -= len(chunk)
+
+
+def _parquet_batches(
+    index: int, file: InputFile, job: TransformJobSpec, start: int, limit: int
+) -> Iterator[Batch]:
+    import pyarrow.parquet as pq
+
+    single = job.batch_strategy == "single_record"
+    with storage.open_read(file.uri) as raw:
+        parquet = pq.ParquetFile(raw)
+        row = 0
+        records: list[bytes] = []
+        lines: list[int] = []
+        size = 0
+        batch_start = start
+        for group in range(parquet.num_row_groups):
+            rows_in_group = parquet.metadata.row_group(group).num_rows
+            if row + rows_in_group <= start:
+                row += rows_in_group
+                continue
+            table = parquet.read_row_group(group)
+            columns = [column.to_pylist() for column in table.columns]
+            for values in zip(*columns, strict=True):
+                if row < start:
+                    row += 1
+                    continue
+                record = orjson.dumps(list(values), default=_json_default)
+                if records and (single or size + len(record) + 1 > limit):
+                    yield Batch(
+                        index, batch_start, row, lines[0], records, lines, next_line=row + 1
+                    )
+                    records, lines, size, batch_start = [], [], 0, row
+                records.append(record)
+                lines.append(row + 1)
+                size += len(record) + 1
+                row += 1
+        if records:
+            yield Batch(index, batch_start, row, lines[0], records, lines, next_line=row + 1)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return value.decode("utf-8", "replace")
+    return str(value)
