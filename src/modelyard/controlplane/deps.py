@@ -22,6 +22,8 @@ class Context:
     logs_dir: Path
     gateway_url: str
     wake: threading.Event = field(default_factory=threading.Event)
+    #: wakes the transform-jobs controller (a job was created or asked to stop)
+    wake_transforms: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.time
     #: when a gateway last began reading the routing table (None: no gateway has, since start-up)
     routes_read_at: float | None = None

@@ -17,6 +17,7 @@ from modelyard.controlplane.reconcile.plan import PlanSettings
 from modelyard.controlplane.store.repo import Store
 from modelyard.executors.local import LocalExecutor
 from modelyard.process import absorb_reraised_signals, child_start, watch_parent
+from modelyard.transform.runner import TransformRunner
 
 
 def main() -> None:
@@ -40,12 +41,14 @@ def main() -> None:
         state_dir=settings.state_dir,
     )
     notifier = Notifier(store)
+    transforms = TransformRunner(store, executor, settings.logs_dir, settings.state_dir)
     ctx = Context(
         store=store,
         token=token,
         logs_dir=settings.logs_dir,
         gateway_url=f"http://{settings.host}:{settings.gateway_port}",
         wake=controller.wake,
+        wake_transforms=transforms.wake,
         state_dir=settings.state_dir,
         inbox_dir=inbox.inbox_dir(settings.run_dir),
     )
@@ -58,6 +61,7 @@ def main() -> None:
         target=queue.run, args=(stop, settings.async_poll_interval_s), daemon=True
     ).start()
     threading.Thread(target=notifier.run, args=(stop, 0.25), daemon=True).start()
+    threading.Thread(target=transforms.run, args=(stop, 1.0), daemon=True).start()
     threading.Thread(target=watch_parent, args=(stop,), daemon=True).start()
 
     config = uvicorn.Config(
@@ -74,6 +78,7 @@ def main() -> None:
         loop.join(timeout=10)
         queue.close()
         notifier.close()
+        transforms.close()
         controller.stop_all(settings.stop_grace_s)
         executor.close()
         store.close()

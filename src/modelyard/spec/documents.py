@@ -19,7 +19,14 @@ def _loc_to_path(prefix: str, loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("ModelDocument", "EndpointDocument", "Model", "Endpoint"):
+        elif part in (
+            "ModelDocument",
+            "EndpointDocument",
+            "TransformJobDocument",
+            "Model",
+            "Endpoint",
+            "TransformJob",
+        ):
             continue  # discriminator branch names, not fields
         else:
             path += f".{part}" if path else str(part)
@@ -63,7 +70,7 @@ def parse_documents(raws: list[Any]) -> list[Document]:
     return docs
 
 
-def _absolute_artifact(uri: str, base_dir: Path) -> str:
+def _absolute_uri(uri: str, base_dir: Path) -> str:
     """Relative file paths in a file are relative to that file, as a user reads them."""
     if uri.startswith("file://"):
         path = uri[len("file://") :]
@@ -97,7 +104,13 @@ def load_documents(text: str, base_dir: Path | None = None, source: str = "") ->
             if raw.get("kind") == "Model" and isinstance(spec, dict):
                 artifact = spec.get("artifact")
                 if isinstance(artifact, str) and artifact:
-                    spec["artifact"] = _absolute_artifact(artifact, base_dir)
+                    spec["artifact"] = _absolute_uri(artifact, base_dir)
+            if raw.get("kind") == "TransformJob" and isinstance(spec, dict):
+                for part in ("input", "output"):
+                    block = spec.get(part)
+                    uri = block.get("uri") if isinstance(block, dict) else None
+                    if isinstance(block, dict) and isinstance(uri, str) and uri.strip():
+                        block["uri"] = _absolute_uri(uri, base_dir)
     return parse_documents(raws)
 
 

@@ -1,4 +1,4 @@
-"""/api/v1: apply, models, endpoints, logs."""
+"""/api/v1: apply, models, endpoints, transform jobs, logs."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query
 
 from modelyard.controlplane.deps import Context, context
-from modelyard.controlplane.services import endpoints, invocations, models
+from modelyard.controlplane.services import endpoints, invocations, models, transforms
 from modelyard.controlplane.services.apply import apply_documents
 from modelyard.controlplane.services.apply import rollback_endpoint as rollback_endpoint_service
 from modelyard.errors import InvalidInputError
-from modelyard.spec import parse_documents
+from modelyard.spec import parse_document, parse_documents
+from modelyard.spec.resources import TransformJobDocument
 
 router = APIRouter(prefix="/api/v1")
 Ctx = Annotated[Context, Depends(context)]
@@ -29,6 +30,7 @@ def apply(
     docs = parse_documents(documents)
     results = apply_documents(ctx.store, docs, ctx.clock())
     ctx.wake.set()
+    ctx.wake_transforms.set()
     return {"results": [r.to_json() for r in results]}
 
 
@@ -115,3 +117,44 @@ def endpoint_logs(
                 "cursor: must be the JSON object a previous call returned"
             ) from exc
     return endpoints.read_logs(ctx.store, ctx.logs_dir, name, tail, parsed)
+
+
+@router.post(
+    "/transform-jobs",
+    status_code=201,
+    summary="Start a transform job (its model must exist); the same job again is a no-op",
+)
+def create_transform_job(
+    ctx: Ctx,
+    name: Annotated[str, Body(description="the job's name")],
+    spec: Annotated[dict[str, Any], Body(description="a TransformJob spec")],
+) -> dict[str, Any]:
+    doc = parse_document({"kind": "TransformJob", "name": name, "spec": spec})
+    assert isinstance(doc, TransformJobDocument)
+    (result,) = apply_documents(ctx.store, [doc], ctx.clock())
+    ctx.wake_transforms.set()
+    return result.to_json()
+
+
+@router.get("/transform-jobs", summary="Transform jobs, newest first")
+def list_transform_jobs(ctx: Ctx) -> dict[str, Any]:
+    return {"items": transforms.list_jobs(ctx.store)}
+
+
+@router.get("/transform-jobs/{name}", summary="A transform job: status, progress and summary")
+def describe_transform_job(ctx: Ctx, name: str) -> dict[str, Any]:
+    return transforms.describe_job(ctx.store, name, ctx.clock())
+
+
+@router.post("/transform-jobs/{name}/stop", status_code=202, summary="Stop a running job")
+def stop_transform_job(ctx: Ctx, name: str) -> dict[str, Any]:
+    result = transforms.stop_job(ctx.store, name)
+    ctx.wake_transforms.set()
+    return result
+
+
+@router.get("/transform-jobs/{name}/logs", summary="The job's log and its replicas' logs")
+def transform_job_logs(
+    ctx: Ctx, name: str, tail: Annotated[int, Query(ge=0, le=10000)] = 100
+) -> dict[str, Any]:
+    return transforms.read_logs(ctx.store, ctx.logs_dir, name, tail)

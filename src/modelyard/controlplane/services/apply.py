@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard import storage
+from modelyard.controlplane.services import transforms
 from modelyard.controlplane.store.repo import EndpointRecord, Repo, Store
 from modelyard.errors import ConflictError, MissingDependencyError, NotFoundError, SpecError
 from modelyard.runtimes.registry import check_installed
 from modelyard.spec import Document, EndpointDocument, ModelDocument, ModelSpec, dump_spec
+from modelyard.spec.resources import TransformJobDocument
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,8 @@ def apply_documents(store: Store, docs: list[Document], now: float) -> list[Appl
     for i, doc in enumerate(docs):
         if isinstance(doc, ModelDocument):
             check_model(doc.spec, f"documents[{i}].spec")
+        elif isinstance(doc, TransformJobDocument):
+            transforms.check_job(doc, f"documents[{i}].spec")
     batch_models = {d.name: d.spec for d in docs if isinstance(d, ModelDocument)}
     results: list[Applied] = []
     with store.tx() as repo:
@@ -157,4 +161,9 @@ def apply_documents(store: Store, docs: list[Document], now: float) -> list[Appl
             rev = repo.get_revision(endpoint.name, endpoint.target_revision)
             if rev and changed_models & {v["model"] for v in rev.spec["variants"]}:
                 results.append(_revise(repo, endpoint.name, rev.spec, now))
+        # Transform jobs last: they may run a model of this batch (as it is now).
+        for i, doc in enumerate(docs):
+            if isinstance(doc, TransformJobDocument):
+                action = transforms.record_job(repo, doc, f"documents[{i}].spec", now)
+                results.append(Applied("TransformJob", doc.name, action))
     return results
