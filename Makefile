@@ -16,7 +16,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:
 	@echo "make test    install (.venv) and run every test tier (unit, integration, e2e)"
 	@echo "make lint    ruff check + mypy"
-	@echo "make bench   run the data-plane benchmark, bench/run.py (options: BENCH_ARGS='--help')"
+	@echo "make bench   run the benchmarks: bench/run.py (data plane; BENCH_ARGS='--help') and"
+	@echo "             bench/transform.py (batch transform over 1 GB of CSV; TRANSFORM_ARGS='--help')"
 	@echo "make bench-quick  a quick smoke run of the benchmark (under a minute; not for numbers)"
 	@echo "make wrk-bin install wrk, the benchmark's load generator (apt-get, when root)"
 	@echo "make demo    run scripts/demo.py"
@@ -89,9 +90,11 @@ lint: venv
 
 bench: venv wrk-bin
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/transform.py $(TRANSFORM_ARGS)
 
 bench-quick: venv wrk-bin
 	$(PY) bench/run.py --quick $(BENCH_ARGS)
+	$(PY) bench/transform.py --size-mb 32 --raw-duration 1 --out bench/results/tmp $(TRANSFORM_ARGS)
 
 demo: venv
 	$(PY) scripts/demo.py

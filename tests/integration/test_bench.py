@@ -187,3 +187,42 @@ def test_help_names_the_options(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for option in ("--no-cold-start", "--cold-start-rounds", "--quick", "--out"):
         assert option in done.stdout, option
+
+
+TRANSFORM = REPO_ROOT / "bench" / "transform.py"
+
+
+@pytest.mark.timeout(180)
+def test_transform_benchmark_runs_both_jobs_and_reports_the_ratio(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(TRANSFORM), "--size-mb", "8", "--raw-duration", "0.5"]
+        + ["--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (json_file,) = tmp_path.glob("transform-*.json")
+    document = json.loads(json_file.read_text())
+    for job in document["jobs"].values():  # every record transformed, and written once
+        assert job["status"] == "Completed"
+        assert job["records"] == job["input_rows"] == job["output_lines"] > 0
+        assert job["peak_rss_mb"] > 0
+    assert document["raw_batch64_rows_per_s"] > 0
+    assert document["ratio"] == pytest.approx(
+        document["rows_per_s_per_worker"] / document["raw_batch64_rows_per_s"]
+    )
+    assert "raw at batch 64" in (tmp_path / (json_file.stem + ".md")).read_text()
+
+
+def test_transform_benchmark_refuses_bad_arguments(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(TRANSFORM), "--size-mb", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "--size-mb" in done.stderr
+    assert not list(tmp_path.iterdir())
