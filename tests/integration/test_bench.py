@@ -194,9 +194,9 @@ TRANSFORM = REPO_ROOT / "bench" / "transform.py"
 
 @pytest.mark.timeout(180)
 def test_transform_benchmark_runs_both_jobs_and_reports_the_ratio(tmp_path: Path) -> None:
+    argv = [sys.executable, str(TRANSFORM), "--size-mb", "8", "--raw-duration", "0.5"]
     done = subprocess.run(
-        [sys.executable, str(TRANSFORM), "--size-mb", "8", "--raw-duration", "0.5"]
-        + ["--out", str(tmp_path)],
+        [*argv, "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=170,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 out = Console(highlight=False, soft_wrap=True)
@@ -184,3 +186,179 @@ def async_table(items: list[dict[str, Any]]) -> None:
             detail,
         )
     out.print(table)
+
+
+def _records(done: int, total: int | None) -> str:
+    if total is None:
+        return f"{done:,}/?"
+    percent = f" ({100 * done // total}%)" if total else ""
+    return f"{done:,}/{total:,}{percent}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole >= 3600:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    if whole >= 60:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+
+
+def transform_progress(view: dict[str, Any]) -> tuple[str, str, str]:
+    """(records, rate, ETA) of a transform job's description, as words."""
+    progress = view["progress"]
+    processed = progress["records_done"] + progress["records_failed"]
+    total = progress["total_records"]
+    if total is None:
+        return f"{processed:,} (counting records…)", "", ""
+    records = _records(processed, total)
+    if progress["records_failed"]:
+        records += f", {progress['records_failed']:,} failed"
+    rate = view["summary"]["records_per_s"]
+    if not rate:
+        return records, "", ""
+    return records, f"{rate:,.0f} rec/s", f"ETA {duration(max(0, total - processed) / rate)}"
+
+
+class TransformProgress:
+    """Shows a transform job's progress, fed its descriptions (``Client.wait_transform``'s
+    ``on_progress``): an animated bar on a terminal; elsewhere (a pipe, a log, CI) a plain line
+    at most every ``every_s`` seconds, and the last one."""
+
+    def __init__(
+        self,
+        console: Console = err,
+        every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.console = console
+        self.every_s = every_s
+        self.clock = clock
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.printed_at: float | None = None
+        self.last_line = ""
+
+    def __enter__(self) -> TransformProgress:
+        if self.console.is_terminal:
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[records]}"),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("{task.fields[eta]}"),
+                console=self.console,
+            )
+            self.task = self.bar.add_task("records", total=None, records="", rate="", eta="")
+            self.bar.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, view: dict[str, Any]) -> None:
+        records, rate, eta = transform_progress(view)
+        if self.bar is not None and self.task is not None:
+            progress = view["progress"]
+            self.bar.update(
+                self.task,
+                description=view["status"] if view["status"] != "InProgress" else "records",
+                completed=progress["records_done"] + progress["records_failed"],
+                total=progress["total_records"],
+                records=records,
+                rate=rate,
+                eta=eta,
+            )
+            return
+        line = ", ".join(part for part in (f"records {records}", rate, eta) if part)
+        if view["status"] != "InProgress":
+            line += f" [{view['status']}]"
+        now = self.clock()
+        final = view["status"] not in ("InProgress", "Stopping")
+        due = self.printed_at is None or now - self.printed_at >= self.every_s
+        if line != self.last_line and (due or final):
+            self.console.print(line, markup=False)
+            self.printed_at, self.last_line = now, line
+
+
+def transforms_table(items: list[dict[str, Any]]) -> None:
+    table(
+        ["NAME", "STATUS", "MODEL", "RECORDS", "FAILED", "AGE"],
+        [
+            [
+                job["name"],
+                job["status"],
+                job["model"],
+                _records(job["records_done"], job["total_records"]),
+                job["records_failed"],
+                age(job["created_at"]),
+            ]
+            for job in items
+        ],
+    )
+
+
+def transform_summary(view: dict[str, Any]) -> None:
+    """What a finished job did: status, records, failures, time, throughput, where it wrote."""
+    summary, spec = view["summary"], view["spec"]
+    message = f" — {view['message']}" if view["message"] else ""
+    rate = summary["records_per_s"]
+    out.print(f"transformjob/{view['name']} {view['status']}{message}", markup=False)
+    out.print(f"  Records:    {summary['records']:,} ({summary['failures']:,} failed)")
+    out.print(f"  Duration:   {duration(summary['duration_s'])}")
+    out.print(f"  Throughput: {f'{rate:,.0f} rec/s' if rate else '-'}")
+    out.print(f"  Output:     {spec['output']['uri']}", markup=False)
+    if view["failure_file"]:
+        out.print(f"  Failures:   {view['failure_file']}", markup=False)
+
+
+def _clock(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def describe_transform(view: dict[str, Any]) -> None:
+    spec, progress, summary = view["spec"], view["progress"], view["summary"]
+    source = spec["input"]
+    message = f" — {view['message']}" if view["message"] else ""
+    files = f"{progress['files_done']}/{progress['files_total'] or '?'}"
+    rate = summary["records_per_s"]
+    out.print(f"[bold]TransformJob[/bold] {view['name']}")
+    for label, value in (
+        ("Status", f"{view['status']}{message}"),
+        ("Model", view["model"]),
+        (
+            "Input",
+            f"{source['uri']} ({source['content_type']}, split {source['split_type']}, "
+            f"compression {source['compression']})",
+        ),
+        ("Output", spec["output"]["uri"]),
+        ("Strategy", f"{spec['batch_strategy']}, up to {spec['max_payload_mb']} MB a request"),
+        (
+            "Progress",
+            f"{_records(progress['records_done'], progress['total_records'])} records, "
+            f"{progress['records_failed']:,} failed, files {files}",
+        ),
+        (
+            "Summary",
+            f"{summary['records']:,} records, {summary['failures']:,} failures in "
+            f"{duration(summary['duration_s'])}" + (f", {rate:,.0f} rec/s" if rate else ""),
+        ),
+        ("Failures", view["failure_file"] or "-"),
+        ("Created", _clock(view["created_at"])),
+        ("Started", _clock(view["started_at"])),
+        ("Finished", _clock(view["finished_at"])),
+    ):
+        out.print(f"  {label + ':':<11} {value}", markup=False)
+    if view["replicas"]:
+        out.print("  Replicas:")
+        for r in view["replicas"]:
+            out.print(f"    {r['id']}  {r['address'] or '-'}", markup=False)
+    if view["outputs"]:
+        out.print("  Files:")
+        for f in view["outputs"]:
+            state = "done" if f["done"] else "pending"
+            line = f"    {f['input']} -> {f['output']} ({f['records']:,} records, {state})"
+            out.print(line, markup=False)

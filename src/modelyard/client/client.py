@@ -21,6 +21,10 @@ import httpx
 from modelyard.errors import ModelyardError, PlatformError, UserError, from_payload
 from modelyard.settings import DEFAULT_STATE_DIR, INVOKE_TOKEN_FILE, SERVER_FILE, read_token
 from modelyard.spec import Document, load_documents
+from modelyard.spec.resources import TransformJobSpec
+
+#: the statuses a transform job ends in (it changes no more)
+TRANSFORM_FINAL = frozenset({"Stopped", "Completed", "CompletedWithFailures", "Failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +121,7 @@ class Client:
         return list(self._call("POST", "/api/v1/apply", json={"documents": raws})["results"])
 
     def apply_file(self, path: str | Path) -> list[dict[str, Any]]:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise UserError(f"cannot read {path}: {exc.strerror}") from exc
-        return self.apply(load_documents(text, base_dir=path.parent.resolve(), source=str(path)))
+        return self.apply(read_documents(path))
 
     def list_models(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/v1/models")["items"])
@@ -195,6 +194,60 @@ class Client:
         if cursor is not None:
             params["cursor"] = json.dumps(cursor)
         return dict(self._call("GET", f"/api/v1/endpoints/{name}/logs", params=params))
+
+    # transform jobs
+    def run_transform(
+        self, name: str, spec: TransformJobSpec | dict[str, Any]
+    ) -> dict[str, Any]:
+        """Start transform job ``name`` (its model must exist); ``{"kind", "name", "action"}``
+        with action ``created``, or ``unchanged`` when this very job was started before.
+
+        URIs in ``spec`` are read by the server: give absolute paths or storage URIs. Follow it
+        with :meth:`wait_transform`.
+        """
+        raw = spec if isinstance(spec, dict) else spec.model_dump(mode="json", by_alias=True)
+        return dict(self._call("POST", "/api/v1/transform-jobs", json={"name": name, "spec": raw}))
+
+    def list_transform_jobs(self) -> list[dict[str, Any]]:
+        """Transform jobs, newest first: status, model and record counts."""
+        return list(self._call("GET", "/api/v1/transform-jobs")["items"])
+
+    def transform_job(self, name: str) -> dict[str, Any]:
+        """One transform job: status, message, progress, summary, outputs, failure file."""
+        return dict(self._call("GET", f"/api/v1/transform-jobs/{name}"))
+
+    def stop_transform_job(self, name: str) -> dict[str, Any]:
+        """Ask a running job to stop (it ends as Stopped); ``{"name", "status"}``. A job that
+        already ended otherwise is a :class:`~modelyard.errors.ConflictError`."""
+        return dict(self._call("POST", f"/api/v1/transform-jobs/{name}/stop"))
+
+    def transform_logs(self, name: str, *, tail: int = 100) -> list[str]:
+        """The last ``tail`` lines of the job's log and of each of its replicas' logs."""
+        page = self._call("GET", f"/api/v1/transform-jobs/{name}/logs", params={"tail": tail})
+        return list(page["lines"])
+
+    def wait_transform(
+        self,
+        name: str,
+        *,
+        timeout_s: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job has ended (Stopped, Completed, CompletedWithFailures or Failed),
+        calling ``on_progress`` with each description; returns the last one. With no
+        ``timeout_s`` it waits as long as the job runs."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            view = self.transform_job(name)
+            if on_progress:
+                on_progress(view)
+            if view["status"] in TRANSFORM_FINAL:
+                return view
+            if deadline is not None and time.monotonic() > deadline:
+                raise PlatformError(
+                    f"transform job {name!r} is still {view['status']} after {timeout_s:g} s"
+                )
+            time.sleep(0.25)  # polling the control plane
 
     # data plane
     def invoke(
@@ -339,6 +392,16 @@ class Client:
                     f"async request {inference_id} is still {view['status']} after {timeout_s:g} s"
                 )
             time.sleep(0.2)  # polling the control plane
+
+
+def read_documents(path: str | Path) -> list[Document]:
+    """The documents of a YAML file, checked, with relative paths made relative to the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from exc
+    return load_documents(text, base_dir=path.parent.resolve(), source=str(path))
 
 
 def _chunks(fh: BinaryIO, size: int = 1024 * 1024) -> Iterator[bytes]:
