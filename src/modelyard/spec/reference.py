@@ -11,11 +11,19 @@ from typing import Any
 from pydantic import BaseModel
 
 from modelyard.spec.resources import (
+    AsyncSpec,
     BatchingSpec,
     ContainerSpec,
+    DataProcessingSpec,
     EndpointSpec,
+    ModelClientSpec,
     ModelSpec,
+    NotificationsSpec,
     ResourcesSpec,
+    ServerlessSpec,
+    TransformInputSpec,
+    TransformJobSpec,
+    TransformOutputSpec,
     VariantSpec,
 )
 
@@ -26,7 +34,8 @@ Generated from `src/modelyard/spec/` by `python -m modelyard.spec.reference`; do
 A spec file holds one or more YAML documents separated by `---`, each with `kind`, `name` and
 `spec`. Names are 1–63 letters, digits and hyphens. Unknown fields are errors, reported with their
 path (for example `documents[1].spec.variants[0].instance_count`). Relative artifact paths are
-relative to the file that names them.
+relative to the file that names them, and so are a TransformJob's `input.uri` and
+`output.uri`.
 """
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
@@ -36,6 +45,14 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Variant (`spec.variants[]`)", VariantSpec, ""),
     ("`resources`", ResourcesSpec, ""),
     ("`batching`", BatchingSpec, ""),
+    ("`serverless` (type `serverless`)", ServerlessSpec, ""),
+    ("`async` (type `async`)", AsyncSpec, ""),
+    ("`async.notifications`", NotificationsSpec, ""),
+    ("TransformJob `spec`", TransformJobSpec, "kind: TransformJob"),
+    ("`input`", TransformInputSpec, ""),
+    ("`output`", TransformOutputSpec, ""),
+    ("`data_processing`", DataProcessingSpec, ""),
+    ("`model_client`", ModelClientSpec, ""),
 ]
 
 
@@ -105,7 +122,18 @@ def render() -> str:
         "  `container` only.",
         "- Variant names are unique within an endpoint; at least one variant has a weight above 0.",
         "- Every variant's `model` names a Model that exists (or is applied in the same file).",
-        "- `type` is `realtime` in this version.",
+        "- `serverless` goes with `type: serverless` only, `async` with `type: async` only (each",
+        "  gets its defaults when absent); an async endpoint has exactly one variant; a",
+        "  serverless endpoint sizes memory with `serverless.memory_mb`, not",
+        "  `resources.memory_mb`; `provisioned_concurrency` is at most `max_concurrency`.",
+        "- A TransformJob's `model` names a Model that exists (or is applied in the same file);",
+        "  jobs are immutable: the same name with another spec is refused (409).",
+        "- `input.content_type: application/json` and `application/x-npy` are one document per",
+        "  file (`split_type: none`); `application/x-parquet` is read by rows (`split_type: line`,",
+        "  `compression: none`; needs `pip install modelyard[parquet]`).",
+        "- `data_processing` filters and `join_source: input` work on records: they need",
+        "  `split_type: line` and an `output.accept` of `text/csv`, `application/jsonlines` or",
+        "  `application/json` (answers split into one output per record).",
         "",
     ]
     return "\n".join(lines)
