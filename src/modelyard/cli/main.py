@@ -13,7 +13,8 @@ from modelyard import __version__
 from modelyard.cli import output
 from modelyard.cli.output import Format, dump, err, out
 from modelyard.client import Client
-from modelyard.errors import ModelyardError
+from modelyard.client.client import read_documents
+from modelyard.errors import ModelyardError, UserError
 from modelyard.settings import DEFAULT_API_PORT, DEFAULT_GATEWAY_PORT
 
 app = typer.Typer(
@@ -28,7 +29,8 @@ StateDir = Annotated[
     typer.Option(
         "--state-dir",
         envvar="MODELYARD_STATE_DIR",
-        help="Server state directory [default: ./.modelyard]",
+        help="Server state directory",
+        show_default="./.modelyard",
     ),
 ]
 Url = Annotated[str | None, typer.Option("--url", envvar="MODELYARD_URL", help="Control-plane URL")]
@@ -75,8 +77,8 @@ def server(
     store_url: Annotated[
         str | None,
         typer.Option(
-            help="Store URL: sqlite:///PATH or postgresql://USER@HOST/DB "
-            "[default: SQLite in the state dir]"
+            help="Store URL: sqlite:///PATH or postgresql://USER@HOST/DB",
+            show_default="SQLite in the state dir",
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
@@ -422,6 +424,129 @@ def async_list(
         items = client.list_async_invocations(endpoint, status=status, limit=limit)
     if not dump(items, output_format):
         output.async_table(items)
+
+
+transform_app = typer.Typer(
+    help="Batch transform jobs: run a model over stored files and write its answers to files.",
+    no_args_is_help=True,
+)
+app.add_typer(transform_app, name="transform")
+
+
+@transform_app.command("run")
+def transform_run(
+    file: Annotated[
+        Path,
+        typer.Option(
+            "-f", "--file", help="YAML file with one or more TransformJob documents (and Models)"
+        ),
+    ],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show progress until the jobs end, then a summary")
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="--wait: seconds to wait for each job", show_default="as long as it runs"
+        ),
+    ] = None,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Start the transform jobs in FILE (and apply the Models in it).
+
+    Relative paths in FILE are relative to FILE. With --wait: a progress bar (a line a second
+    when not on a terminal), then a summary; exit status 1 when a job ends Failed or Stopped
+    (CompletedWithFailures is a success, with a warning)."""
+    documents = read_documents(file)
+    jobs = [d.name for d in documents if d.kind == "TransformJob"]
+    if not jobs:
+        raise UserError(
+            f"{file} holds no TransformJob document (kind: TransformJob); "
+            "for models and endpoints alone use `modelyard apply -f`"
+        )
+    with _client(url, state_dir) as client:
+        for r in client.apply(documents):
+            out.print(f"{r['kind'].lower()}/{r['name']} {r['action']}", markup=False)
+        if not wait:
+            return
+        ended = [_wait_transform(client, name, timeout) for name in jobs]
+    if any(view["status"] in ("Failed", "Stopped") for view in ended):
+        raise typer.Exit(1)
+
+
+def _wait_transform(client: Client, name: str, timeout: float | None) -> dict[str, Any]:
+    try:
+        with output.TransformProgress() as show:
+            view = client.wait_transform(name, timeout_s=timeout, on_progress=show)
+    except KeyboardInterrupt:
+        err.print(f"stopped waiting; `modelyard transform stop {name}` stops the job itself")
+        raise
+    output.transform_summary(view)
+    if view["status"] == "CompletedWithFailures":
+        failed = view["summary"]["failures"]
+        err.print(
+            f"warning: {failed} record(s) of transformjob/{name} failed; "
+            f"see {view['failure_file']}",
+            markup=False,
+        )
+    elif view["status"] in ("Failed", "Stopped"):
+        err.print(
+            f"error: transformjob/{name} ended {view['status']}; "
+            f"`modelyard transform logs {name}` shows its log",
+            markup=False,
+        )
+    return view
+
+
+@transform_app.command("list")
+def transform_list(
+    output_format: Output = Format.table, url: Url = None, state_dir: StateDir = None
+) -> None:
+    """List transform jobs, newest first: status, model, records done/total and failed."""
+    with _client(url, state_dir) as client:
+        items = client.list_transform_jobs()
+    if not dump(items, output_format):
+        output.transforms_table(items)
+
+
+@transform_app.command("describe")
+def transform_describe(
+    name: Annotated[str, typer.Argument()],
+    output_format: Output = Format.table,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Show one transform job: status, progress, summary, files written, where failures are."""
+    with _client(url, state_dir) as client:
+        view = client.transform_job(name)
+    if not dump(view, output_format):
+        output.describe_transform(view)
+
+
+@transform_app.command("stop")
+def transform_stop(
+    name: Annotated[str, typer.Argument()], url: Url = None, state_dir: StateDir = None
+) -> None:
+    """Stop a running transform job: it keeps the output files it finished and ends Stopped."""
+    with _client(url, state_dir) as client:
+        result = client.stop_transform_job(name)
+    out.print(f"transformjob/{name} {result['status']}", markup=False)
+
+
+@transform_app.command("logs")
+def transform_logs(
+    name: Annotated[str, typer.Argument()],
+    tail: Annotated[
+        int, typer.Option(help="Lines to show of each log (the job's, each replica's)")
+    ] = 100,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Print a transform job's log and its replicas' logs."""
+    with _client(url, state_dir) as client:
+        for line in client.transform_logs(name, tail=tail):
+            out.print(line, markup=False)
 
 
 @app.command()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
@@ -190,9 +192,9 @@ def async_table(items: list[dict[str, Any]]) -> None:
 
 def _records(done: int, total: int | None) -> str:
     if total is None:
-        return f"{done:,}/?"
+        return f"{done}/?"
     percent = f" ({100 * done // total}%)" if total else ""
-    return f"{done:,}/{total:,}{percent}"
+    return f"{done}/{total}{percent}"
 
 
 def duration(seconds: float | None) -> str:
@@ -203,39 +205,48 @@ def duration(seconds: float | None) -> str:
         return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
     if whole >= 60:
         return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+    return f"{seconds:.1f}s" if seconds < 10 and whole != seconds else f"{whole}s"
 
 
-def transform_progress(view: dict[str, Any]) -> tuple[str, str, str]:
-    """(records, rate, ETA) of a transform job's description, as words."""
+def transform_progress(view: dict[str, Any], rate: float | None) -> tuple[str, str, str]:
+    """(records, rate, ETA) of a transform job's description as words, at ``rate`` records a
+    second (the job's average when None)."""
     progress = view["progress"]
     processed = progress["records_done"] + progress["records_failed"]
     total = progress["total_records"]
     if total is None:
-        return f"{processed:,} (counting records…)", "", ""
+        return f"{processed} (counting records…)", "", ""
     records = _records(processed, total)
     if progress["records_failed"]:
-        records += f", {progress['records_failed']:,} failed"
-    rate = view["summary"]["records_per_s"]
+        records += f", {progress['records_failed']} failed"
+    rate = rate or view["summary"]["records_per_s"]
     if not rate:
         return records, "", ""
-    return records, f"{rate:,.0f} rec/s", f"ETA {duration(max(0, total - processed) / rate)}"
+    if view["status"] != "InProgress" or processed >= total:
+        return records, f"{rate:,.0f} rec/s", ""
+    return records, f"{rate:,.0f} rec/s", f"ETA {duration(math.ceil((total - processed) / rate))}"
 
 
 class TransformProgress:
     """Shows a transform job's progress, fed its descriptions (``Client.wait_transform``'s
     ``on_progress``): an animated bar on a terminal; elsewhere (a pipe, a log, CI) a plain line
-    at most every ``every_s`` seconds, and the last one."""
+    at most every ``every_s`` seconds, and the last one.
+
+    While the job runs, its rate is that of the last ``window_s`` seconds seen, not the job's
+    average, which counts the replicas' start and so would put the ETA too far."""
 
     def __init__(
         self,
         console: Console = err,
         every_s: float = 1.0,
+        window_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.console = console
         self.every_s = every_s
+        self.window_s = window_s
         self.clock = clock
+        self.samples: deque[tuple[float, int]] = deque()
         self.bar: Progress | None = None
         self.task: TaskID | None = None
         self.printed_at: float | None = None
@@ -259,8 +270,20 @@ class TransformProgress:
         if self.bar is not None:
             self.bar.stop()
 
+    def _rate(self, now: float, view: dict[str, Any]) -> float | None:
+        progress = view["progress"]
+        processed = progress["records_done"] + progress["records_failed"]
+        if view["status"] != "InProgress" or not processed:
+            return None
+        self.samples.append((now, processed))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()
+        since, before = self.samples[0]
+        return (processed - before) / (now - since) if now - since >= 0.5 else None
+
     def __call__(self, view: dict[str, Any]) -> None:
-        records, rate, eta = transform_progress(view)
+        now = self.clock()
+        records, rate, eta = transform_progress(view, self._rate(now, view))
         if self.bar is not None and self.task is not None:
             progress = view["progress"]
             self.bar.update(
@@ -276,7 +299,6 @@ class TransformProgress:
         line = ", ".join(part for part in (f"records {records}", rate, eta) if part)
         if view["status"] != "InProgress":
             line += f" [{view['status']}]"
-        now = self.clock()
         final = view["status"] not in ("InProgress", "Stopping")
         due = self.printed_at is None or now - self.printed_at >= self.every_s
         if line != self.last_line and (due or final):
@@ -292,7 +314,7 @@ def transforms_table(items: list[dict[str, Any]]) -> None:
                 job["name"],
                 job["status"],
                 job["model"],
-                _records(job["records_done"], job["total_records"]),
+                _records(job["records_done"] + job["records_failed"], job["total_records"]),
                 job["records_failed"],
                 age(job["created_at"]),
             ]
@@ -307,7 +329,7 @@ def transform_summary(view: dict[str, Any]) -> None:
     message = f" — {view['message']}" if view["message"] else ""
     rate = summary["records_per_s"]
     out.print(f"transformjob/{view['name']} {view['status']}{message}", markup=False)
-    out.print(f"  Records:    {summary['records']:,} ({summary['failures']:,} failed)")
+    out.print(f"  Records:    {summary['records']} ({summary['failures']} failed)")
     out.print(f"  Duration:   {duration(summary['duration_s'])}")
     out.print(f"  Throughput: {f'{rate:,.0f} rec/s' if rate else '-'}")
     out.print(f"  Output:     {spec['output']['uri']}", markup=False)
@@ -324,6 +346,7 @@ def describe_transform(view: dict[str, Any]) -> None:
     source = spec["input"]
     message = f" — {view['message']}" if view["message"] else ""
     files = f"{progress['files_done']}/{progress['files_total'] or '?'}"
+    processed = progress["records_done"] + progress["records_failed"]
     rate = summary["records_per_s"]
     out.print(f"[bold]TransformJob[/bold] {view['name']}")
     for label, value in (
@@ -338,12 +361,12 @@ def describe_transform(view: dict[str, Any]) -> None:
         ("Strategy", f"{spec['batch_strategy']}, up to {spec['max_payload_mb']} MB a request"),
         (
             "Progress",
-            f"{_records(progress['records_done'], progress['total_records'])} records, "
-            f"{progress['records_failed']:,} failed, files {files}",
+            f"{_records(processed, progress['total_records'])} records processed, "
+            f"{progress['records_failed']} failed, files {files}",
         ),
         (
             "Summary",
-            f"{summary['records']:,} records, {summary['failures']:,} failures in "
+            f"{summary['records']} records, {summary['failures']} failures in "
             f"{duration(summary['duration_s'])}" + (f", {rate:,.0f} rec/s" if rate else ""),
         ),
         ("Failures", view["failure_file"] or "-"),
@@ -360,5 +383,5 @@ def describe_transform(view: dict[str, Any]) -> None:
         out.print("  Files:")
         for f in view["outputs"]:
             state = "done" if f["done"] else "pending"
-            line = f"    {f['input']} -> {f['output']} ({f['records']:,} records, {state})"
+            line = f"    {f['input']} -> {f['output']} ({f['records']} records, {state})"
             out.print(line, markup=False)

@@ -196,9 +196,7 @@ class Client:
         return dict(self._call("GET", f"/api/v1/endpoints/{name}/logs", params=params))
 
     # transform jobs
-    def run_transform(
-        self, name: str, spec: TransformJobSpec | dict[str, Any]
-    ) -> dict[str, Any]:
+    def run_transform(self, name: str, spec: TransformJobSpec | dict[str, Any]) -> dict[str, Any]:
         """Start transform job ``name`` (its model must exist); ``{"kind", "name", "action"}``
         with action ``created``, or ``unchanged`` when this very job was started before.
 

@@ -196,7 +196,7 @@ class TransformJobRow(Base):
     __tablename__ = "transform_jobs"
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
-    status: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32), index=True)
     message: Mapped[str] = mapped_column(Text, default="")
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: the Model's spec when the job was created (a job runs what it was given)
