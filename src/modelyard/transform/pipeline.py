@@ -123,6 +123,10 @@ class Pipeline:
             await self._until_done(producer, committer, tasks)
         except Shutdown:
             raise  # the spool stays: the job resumes from it
+        except JobFailed:
+            self._drop_partial()
+            await asyncio.to_thread(self._publish_failures)  # the work folder goes with the job
+            raise
         except BaseException:
             self._drop_partial()
             raise
@@ -130,8 +134,9 @@ class Pipeline:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.abort is not None:
+        if self.abort is not None:  # Failed or Stopped: the failures so far are kept too
             self._drop_partial()
+            await asyncio.to_thread(self._publish_failures)
             return self.abort
         await asyncio.to_thread(self._publish_failures)
         summary = f"{self.done} record(s) transformed"
@@ -329,7 +334,6 @@ class Pipeline:
                     window.release()
                 if self.failed > self.spec.max_failed_records:
                     where = failure_uri(self.spec, self.run.name)
-                    await asyncio.to_thread(self._publish_failures)
                     self.abort = (
                         "Failed",
                         f"{self.failed} record(s) failed, more than max_failed_records "
@@ -360,6 +364,8 @@ class Pipeline:
             self.done += outcome.records
             self.failed += outcome.failed
             self.cursor.update(start=item.end, line=item.next_line)
+            if self.failed > self.spec.max_failed_records:
+                break  # the job fails here: the file is not finished (nor any after it)
         self._flush()
         self._write_progress()
 

@@ -24,25 +24,51 @@ class RecordError(ValueError):
 
 
 class Selector:
-    """A compiled JSONPath filter."""
+    """A compiled JSONPath filter.
+
+    As JSONPath defines it, a *definite* path (only single names and single indices:
+    ``$.features``, ``$[0]``) selects a value; any other (slices, lists of indices, wildcards:
+    ``$[1:]``, ``$[0,-1]``) selects an array, even of one value or when every match is the same;
+    a list of names (``$['id','SageMakerOutput']``) selects an object of those found.
+    """
 
     def __init__(self, expression: str) -> None:
         from jsonpath_ng.ext import parse  # type: ignore[attr-defined]
 
         self.expression = expression
-        self._path = parse(expression)
+        self._path: Any = parse(expression)
+        self._definite = _definite(self._path)
+        last: Any = getattr(self._path, "right", self._path)
+        self._names = _is_fields(last) and len(last.fields) > 1
 
     def select(self, value: Any) -> Any:
-        from jsonpath_ng import Fields
-
         matches = self._path.find(value)
         if not matches:
             raise RecordError(f"the filter {self.expression!r} selects nothing in {value!r:.200}")
-        if len(matches) == 1:
+        if self._definite:
             return matches[0].value
-        if all(isinstance(m.path, Fields) for m in matches):  # $['a','b']: an object of them
-            return {str(m.path.fields[0]): m.value for m in matches}  # type: ignore[attr-defined]
+        if self._names:
+            return {str(m.path.fields[0]): m.value for m in matches}
         return [m.value for m in matches]
+
+
+def _is_fields(node: Any) -> bool:
+    from jsonpath_ng import Fields
+
+    return isinstance(node, Fields)
+
+
+def _definite(node: Any) -> bool:
+    """Whether a parsed JSONPath can select at most one value."""
+    from jsonpath_ng import Child, Index, Root, This
+
+    if isinstance(node, Child):
+        return _definite(node.left) and _definite(node.right)
+    if isinstance(node, Root | This):
+        return True
+    if _is_fields(node):
+        return len(node.fields) == 1 and node.fields[0] != "*"
+    return isinstance(node, Index) and len(node.indices) == 1
 
 
 def csv_fields(line: bytes) -> list[str]:

@@ -28,7 +28,7 @@ REQUEST_MEDIA = {
     "application/x-npy": "application/x-npy",
     "application/x-parquet": "application/jsonlines",
 }
-_BLANK_LINE = re.compile(rb"(?m)^[ \t\r]*\n")
+_BLANK_LINE = re.compile(rb"(?m)^[ \t\r\x0b\x0c]*\n")  # lines that are all bytes.isspace()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +85,28 @@ def posixpath_basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
+class _Gunzip(gzip.GzipFile):
+    """A file's decompressed stream that closes the file too (a GzipFile leaves it open)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
 def open_stream(file: InputFile, spec: TransformInputSpec) -> IO[bytes]:
     raw = storage.open_read(file.uri)
     if spec.compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        try:
+            return _Gunzip(raw)  # type: ignore[return-value]
+        except BaseException:
+            raw.close()
+            raise
     return raw  # type: ignore[no-any-return]
 
 
