@@ -441,6 +441,7 @@ def test_a_bad_record_fails_its_mini_batch_and_names_its_line(env: Env) -> None:
         json.loads(x) for x in (out / "bad-record.failures.jsonl").read_text().splitlines()
     ]
     assert failure["bad_lines"] == [1500]
+    assert "input line 1500" in failure["error"]  # the model server's own report, mapped back
     first, last = failure["first_line"], failure["last_line"]
     assert 1 < first <= 1500 <= last < 2500
     assert failure["records"] == last - first + 1
@@ -452,6 +453,25 @@ def test_a_bad_record_fails_its_mini_batch_and_names_its_line(env: Env) -> None:
     kept = [line for n, line in enumerate(lines, start=1) if not first <= n <= last]
     expected = [str(label) for label in env.model.predict(parsed("".join(kept)))]
     assert (out / "bad.csv.out").read_text().splitlines() == expected
+
+
+def test_a_model_error_without_a_line_is_located_by_halving_the_batch(env: Env) -> None:
+    folder = env.gated("halving", after=10_000)  # never blocks; a line without "id" fails
+    lines = [json.dumps({"id": n}) for n in range(1, 41)]
+    lines[22] = json.dumps({"no-id": 23})
+    source = write(env.tmp / "halving.jsonl", "\n".join(lines) + "\n")
+    out = env.tmp / "halving-out"
+    spec = job("halving", source, out, max_failed_records=100, model_client={"max_retries": 0})
+    spec["input"]["content_type"] = "application/jsonlines"
+
+    done = env.run("halving", spec)
+
+    assert done["status"] == "CompletedWithFailures", done["message"]
+    (failure,) = [json.loads(x) for x in (out / "halving.failures.jsonl").read_text().splitlines()]
+    assert failure["bad_lines"] == [23]
+    assert failure["records"] == 40  # the whole mini-batch fails; its bad record is named
+    calls = len(list(folder.glob("call-*")))
+    assert 1 < calls <= 1 + 2 * 6  # the batch, then two halves per level of a 40-record search
 
 
 def test_more_failed_records_than_allowed_fails_the_job(env: Env) -> None:
@@ -514,7 +534,7 @@ def test_a_job_that_cannot_work_is_refused_before_it_starts(
         assert error["field"].endswith(f"spec.{field}"), error
         assert words in error["message"], error
     assert env.get(f"/transform-jobs/{name}").status_code == 404
-    assert not out.exists() or not list(out.iterdir())
+    assert not out.exists()  # nothing was made, not even the output folder
 
 
 def test_stop_ends_a_running_job_with_its_replicas_and_spool(env: Env) -> None:
@@ -562,3 +582,37 @@ def test_stop_ends_a_running_job_with_its_replicas_and_spool(env: Env) -> None:
     (failure,) = [json.loads(x) for x in (out / "stop.failures.jsonl").read_text().splitlines()]
     assert failure["bad_lines"] == [2]
     assert env.post("/transform-jobs/stop/stop").json()["status"] == "Stopped"  # no-op again
+
+
+SLOW_LOAD_SOURCE = """
+import os, time
+
+class Predictor:
+    def load(self, model_dir):  # loads only once model_dir/ready exists (up to 60 s)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(model_dir, "ready")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def predict(self, inputs):
+        return inputs
+"""
+
+
+def test_stop_while_the_replicas_start_ends_the_job_at_once(env: Env) -> None:
+    folder = env.tmp / "slow-load"
+    folder.mkdir()
+    (folder / "slow.py").write_text(SLOW_LOAD_SOURCE)
+    spec = {"artifact": str(folder), "runtime": "python", "predictor": "slow:Predictor"}
+    model = {"kind": "Model", "name": "slow-load", "spec": spec}
+    assert env.post("/apply", {"documents": [model]}).status_code == 200
+    source = write(env.tmp / "slow.csv", csv_text(rows(5)))
+    env.submit("stop-early", job("slow-load", source, env.tmp / "slow-out"))
+    wait_for(lambda: env.describe("stop-early")["replicas"], 30, what="the job's replica to start")
+
+    assert env.post("/transform-jobs/stop-early/stop").status_code == 202
+
+    done = env.wait_done("stop-early", timeout_s=20)  # not the 60 s the model would take
+    assert done["status"] == "Stopped"
+    assert "before its replicas were ready" in done["message"]
+    assert done["replicas"] == []
+    assert not (env.tmp / "slow-out" / "slow.csv.out").exists()

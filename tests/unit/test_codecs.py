@@ -87,6 +87,7 @@ def test_one_csv_row_is_a_one_row_array() -> None:
         (b"1,2,3\n4,5\n", "malformed CSV: row 2 has 2 fields, expected 3"),
         (b"a,b\n1,2\n", "no header row"),
         (b"1,,3\n", "must be numbers"),
+        (b"1,2\n3,x\n", "malformed CSV: row 2: CSV values must be numbers"),
         (b"\n  \n", "malformed CSV: no rows"),
         (b"\xff\xfe1,2", "malformed CSV: not UTF-8"),
     ],

@@ -221,6 +221,14 @@ def _decode_csv(body: bytes) -> np.ndarray[Any, Any]:
     try:
         return np.array(rows, dtype=np.float64)
     except ValueError as exc:
+        for number, row in enumerate(rows, start=1):  # name the row (only on this error path)
+            try:
+                [float(value) for value in row]
+            except ValueError as row_exc:
+                raise InvalidInputError(
+                    f"malformed CSV: row {number}: CSV values must be numbers, with no header "
+                    f"row: {row_exc}"
+                ) from exc
         raise InvalidInputError(f"CSV values must be numbers, with no header row: {exc}") from exc
 
 

@@ -31,7 +31,11 @@ MAX_DEATHS_PER_BATCH = 3
 #: requests spent finding the bad records of a failed batch, and the most reported
 LOCATE_BUDGET = 64
 LOCATE_MAX = 10
-_LINE_IN_MESSAGE = re.compile(r"\bline (\d+)\b")
+#: the model server's own report of the bad record in a CSV or JSON-lines body (its line or row
+#: N is the batch's Nth record: a batch's body has one record a line, no blank lines)
+_BAD_RECORD = re.compile(r"\bmalformed (?:CSV|JSON lines): (?:line|row) (\d+)\b")
+#: answers that refuse the request itself: trying it again cannot pass
+_REFUSALS = (400, 413, 415)
 
 
 class JobFailed(Exception):
@@ -90,6 +94,8 @@ class Pipeline:
         self.abort: tuple[str, str] | None = None
         self.read_all = False
         self.last_seq = -1
+        #: the commit running in a worker thread, if any
+        self.committing: asyncio.Future[None] | None = None
 
     # -- the run ------------------------------------------------------------------------------
     async def go(self) -> tuple[str, str]:
@@ -119,24 +125,26 @@ class Pipeline:
         watcher = asyncio.create_task(self._watch())
         producer = asyncio.create_task(reader)
         tasks = [*senders, committer, watcher, producer]
+        error: BaseException | None = None
         try:
             await self._until_done(producer, committer, tasks)
-        except Shutdown:
-            raise  # the spool stays: the job resumes from it
-        except JobFailed:
-            self._drop_partial()
-            await asyncio.to_thread(self._publish_failures)  # the work folder goes with the job
-            raise
-        except BaseException:
-            self._drop_partial()
-            raise
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self.abort is not None:  # Failed or Stopped: the failures so far are kept too
+        except BaseException as exc:  # handled below, once nothing runs any more
+            error = exc
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.committing is not None:  # a commit runs in a thread: let it end
+            await asyncio.gather(self.committing, return_exceptions=True)
+        if isinstance(error, Shutdown):
+            raise error  # the spool stays: the job resumes from it
+        if error is not None or self.abort is not None:
+            # Failed or Stopped: no half file; the failures so far are kept (the work folder,
+            # where they were spooled, goes with the job).
             self._drop_partial()
             await asyncio.to_thread(self._publish_failures)
+            if error is not None:
+                raise error
+            assert self.abort is not None
             return self.abort
         await asyncio.to_thread(self._publish_failures)
         summary = f"{self.done} record(s) transformed"
@@ -231,14 +239,14 @@ class Pipeline:
             return Outcome(batch, body=body, records=len(batch.records))
         bad = []
         if model_error and len(records) > 1:
-            found = _LINE_IN_MESSAGE.search(error)
+            found = _BAD_RECORD.search(error)
             if found and 1 <= int(found.group(1)) <= len(batch.lines):
                 bad = [batch.lines[int(found.group(1)) - 1]]
+                error += f" (record {found.group(1)} of the mini-batch: input line {bad[0]})"
             else:
                 bad = await self._locate(records, batch.lines, [LOCATE_BUDGET])
         elif model_error:
             bad = [batch.first_line]
-        error = _LINE_IN_MESSAGE.sub(lambda m: f"line {m.group(1)} of the mini-batch", error)
         return self._failure(batch, error, bad)
 
     def _filters_ok(self, record: bytes) -> bool:
@@ -261,8 +269,9 @@ class Pipeline:
         return Outcome(batch, failed=len(batch.records), failure=entry)
 
     async def _call(self, payload: bytes, retries: int) -> tuple[str, bytes | None, bool]:
-        """Post one request, with ``retries`` more tries after a failure. Returns (the last
-        error, the answer or None, whether the model refused or failed it)."""
+        """Post one request, with ``retries`` more tries after a failure that may pass (not after
+        a 400, 413 or 415: the same body is refused again). Returns (the last error, the answer
+        or None, whether the model refused or failed it)."""
         deaths = 0
         tries = 0
         error = ""
@@ -289,6 +298,8 @@ class Pipeline:
                     return "", body, False
                 error = f"the model answered {status}: {_message(body)}"
                 model_error = True
+                if status in _REFUSALS:
+                    return error, None, True  # (finally: the replica's count goes down)
             finally:
                 replica.outstanding -= 1
             tries += 1
@@ -329,7 +340,8 @@ class Pipeline:
                 ready.append(self.results.pop(seq))
                 seq += 1
             if ready:
-                await asyncio.to_thread(self._commit, ready)
+                self.committing = asyncio.ensure_future(asyncio.to_thread(self._commit, ready))
+                await asyncio.shield(self.committing)
                 for _ in ready:
                     window.release()
                 if self.failed > self.spec.max_failed_records:

@@ -47,6 +47,10 @@ log = logging.getLogger("modelyard.transform")
 STOP_GRACE_S = 5.0
 
 
+class StopAsked(Exception):
+    """``transform stop`` came before the job's replicas were ready."""
+
+
 @dataclass(slots=True)
 class Replica:
     id: str
@@ -134,9 +138,11 @@ class JobRun:
         try:
             status, message = await self._execute(job)
         except Shutdown:
-            self.say("the control plane is stopping; the job resumes when it is back")
+            self.say("this run ends here (the control plane is stopping); the job resumes later")
             await self._stop_replicas(kill=True)
             return
+        except StopAsked:
+            status, message = "Stopped", "stopped before its replicas were ready"
         except JobFailed as exc:
             status, message = "Failed", str(exc)
         except Exception as exc:
@@ -238,7 +244,12 @@ class JobRun:
         self._spec, self._model = spec, model
         self.ready = asyncio.Condition()
         starts = [self._start_one() for _ in range(spec.instance_count)]
-        await asyncio.gather(*starts)
+        # Every start runs to its end (each checks for a stop), so that none is still starting a
+        # process, unrecorded, when the job stops its replicas.
+        outcomes = await asyncio.gather(*starts, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         self.say(f"{len(self.replicas)} replica(s) ready")
 
     async def _start_one(self) -> None:
@@ -265,6 +276,8 @@ class JobRun:
         while True:
             if self.runner.shutdown.is_set():
                 raise Shutdown()
+            if await asyncio.to_thread(self._stop_asked):
+                raise StopAsked()
             code = self.executor.exit_code(proc)
             if code is not None:
                 del self.replicas[rid]
@@ -283,6 +296,13 @@ class JobRun:
             await asyncio.sleep(0.05)
         async with self.ready:
             self.ready.notify_all()
+
+    def _stop_asked(self) -> bool:
+        with self.store.tx() as repo:
+            job = repo.get_transform(self.name)
+        if job is None or job.attempt != self.attempt:
+            raise Shutdown()  # another run has the job
+        return job.stop_requested
 
     def _record_replicas(self) -> None:
         replicas = [

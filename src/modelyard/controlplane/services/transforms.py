@@ -8,6 +8,7 @@ opened (and decompressed), and the output location can be written.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,18 @@ def check_job(doc: TransformJobDocument, field: str) -> None:
                 f"{' (gzip)' if spec.input.compression == 'gzip' else ''}: {exc}",
                 f"{field}.input.uri",
             ) from exc
-    probe = storage.join(spec.output.uri, f".modelyard-probe-{uuid.uuid4().hex[:8]}")
+    _check_writable(spec.output.uri, f"{field}.output.uri")
+
+
+def _check_writable(uri: str, field: str) -> None:
+    """Write and remove a probe file under ``uri``; local folders made for it are removed too
+    (a job refused later, or never run, leaves nothing behind; the job makes them again)."""
+    made = None
+    if storage.is_local(uri):
+        folder = Path(storage.local_path(uri)).absolute()
+        while not folder.exists() and folder.parent != folder:
+            made, folder = folder, folder.parent
+    probe = storage.join(uri, f".modelyard-probe-{uuid.uuid4().hex[:8]}")
     try:
         with storage.atomic_write(probe) as fh:
             fh.write(b"")
@@ -57,9 +69,10 @@ def check_job(doc: TransformJobDocument, field: str) -> None:
     except MissingDependencyError:
         raise
     except (OSError, ValueError) as exc:
-        raise SpecError(
-            f"cannot write to the output location: {exc}", f"{field}.output.uri"
-        ) from exc
+        raise SpecError(f"cannot write to the output location: {exc}", field) from exc
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def record_job(repo: Repo, doc: TransformJobDocument, field: str, now: float) -> str:
