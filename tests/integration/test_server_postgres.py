@@ -1,4 +1,5 @@
-"""The whole server on PostgreSQL: deploy, invoke, and a control-plane restart that re-adopts."""
+"""The whole server on PostgreSQL: deploy, invoke, a control-plane restart that re-adopts, the
+async queue and a transform job."""
 
 from __future__ import annotations
 
@@ -59,5 +60,21 @@ def test_server_on_postgres(tmp_path: Path, fresh_postgres_url: str) -> None:
         for item in queued:
             view = server.client.wait_async("queue", item["inference_id"], timeout_s=60)
             assert view["status"] == "Completed" and view["attempts"] == 1
+
+        # A transform job: its claim, fenced progress writes and summary on PostgreSQL.
+        rows = "".join(f"{n / 10},0.2,0.3,0.4\n" for n in range(300))
+        (tmp_path / "rows.csv").write_text(rows)
+        job = {
+            "model": "m",
+            "input": {"uri": str(tmp_path / "rows.csv")},
+            "output": {"uri": str(tmp_path / "out")},
+            "batch_strategy": "single_record",
+            "max_concurrent_transforms": 4,
+        }
+        assert server.client.run_transform("score", job)["action"] == "created"
+        done = server.client.wait_transform("score", timeout_s=60)
+        assert done["status"] == "Completed", done["message"]
+        assert done["summary"]["records"] == 300
+        assert len((tmp_path / "out" / "rows.csv.out").read_text().splitlines()) == 300
     finally:
         server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from tests.support import ServerProcess, make_sklearn_model, wait_for
 ACTIVE = ("InProgress", "Stopping")
 #: a python predictor that answers the ``id`` of each JSON line, and blocks (until the file
 #: ``open`` exists in its folder) every call after the first ``after.txt`` calls; each call
-#: leaves a ``call-*`` file first, so a test knows how far the job got
+#: leaves a ``call-*`` file first, so a test knows how far the job got. While ``slow-load``
+#: exists, a replica takes 1.5 s to load.
 GATED_SOURCE = """
 import os, time, uuid
 
@@ -28,6 +30,8 @@ class Predictor:
     def load(self, model_dir):
         self.folder = model_dir
         self.after = int(open(os.path.join(model_dir, "after.txt")).read())
+        if os.path.exists(os.path.join(model_dir, "slow-load")):
+            time.sleep(1.5)
 
     def predict(self, inputs):
         calls = len([f for f in os.listdir(self.folder) if f.startswith("call-")])
@@ -368,6 +372,12 @@ def test_job_resumes_after_the_control_plane_dies_and_writes_each_record_once(en
 
     control_plane.kill()
     control_plane.wait(10)
+    # The SDK's wait goes on through the restart (the job resumes).
+    waited: list[dict[str, Any]] = []
+    waiter = threading.Thread(
+        target=lambda: waited.append(env.server.client.wait_transform("crash", timeout_s=90))
+    )
+    waiter.start()
     # As if it died after writing the held record's answer but before recording it.
     (spool,) = out.glob(".crash.jsonl.out.*.partial")
     assert spool.read_text().splitlines() == ["0", "1", "2", "3", "4"]
@@ -393,6 +403,51 @@ def test_job_resumes_after_the_control_plane_dies_and_writes_each_record_once(en
     assert gone(old_replica)  # the replica of the dead control plane was not left running
     logs = " ".join(env.get("/transform-jobs/crash/logs").json()["lines"])
     assert "resuming" in logs
+    waiter.join(30)
+    assert [view["status"] for view in waited] == ["Completed"]
+
+
+def test_a_job_stopped_as_it_resumes_leaves_no_half_file_and_keeps_its_failures(
+    env: Env,
+) -> None:
+    folder = env.gated("gated-resume-stop", after=5)
+    lines = jsonl_ids(50).splitlines(keepends=True)
+    lines[1] = '{"no_id": 1}\n'  # the model fails on line 2
+    source = write(env.tmp / "resume-stop.jsonl", "".join(lines))
+    out = env.tmp / "resume-stop-out"
+    spec = job(
+        "gated-resume-stop",
+        source,
+        out,
+        input={"content_type": "application/jsonlines"},
+        batch_strategy="single_record",
+        max_failed_records=10,
+        model_client={"max_retries": 0},
+    )
+    env.submit("resume-stop", spec)
+    wait_for(lambda: calls(folder) >= 6, 30, what="the job to be held mid-way")
+    wait_for(lambda: env.describe("resume-stop")["records_done"] == 4, 10, what="4 committed")
+    (folder / "slow-load").write_text("")  # the resumed run's replica takes a while to load
+    control_plane = env.server.child("modelyard.controlplane.main")
+    control_plane.kill()
+    control_plane.wait(10)
+    assert list(out.glob(".*.partial"))
+    wait_for(
+        lambda: env.post("/transform-jobs/resume-stop/stop").status_code == 202,
+        30,
+        what="the restarted control plane to take the stop",
+    )
+
+    done = env.wait_done("resume-stop")
+
+    assert done["status"] == "Stopped"
+    assert done["message"] == "stopped after 4 record(s)"
+    assert not list(out.glob(".*.partial"))  # no half file left behind
+    assert not (out / "resume-stop.jsonl.out").exists()
+    (failure,) = [
+        json.loads(x) for x in (out / "resume-stop.failures.jsonl").read_text().splitlines()
+    ]
+    assert failure["bad_lines"] == [2]
 
 
 def test_job_survives_a_replica_killed_mid_job_and_writes_each_record_once(env: Env) -> None:
@@ -405,24 +460,29 @@ def test_job_survives_a_replica_killed_mid_job_and_writes_each_record_once(env: 
         out,
         input={"content_type": "application/jsonlines"},
         batch_strategy="single_record",
+        max_concurrent_transforms=4,
+        model_client={"max_retries": 0},  # a record sent to a replica not up yet would fail
     )
     env.submit("replica-kill", spec)
-    wait_for(lambda: calls(folder) >= 4, 30, what="the job to be held mid-way")
-    wait_for(lambda: env.describe("replica-kill")["records_done"] == 3, 10, what="3 committed")
+    # 3 records answered; 4 more held by the model, one per concurrent request.
+    wait_for(lambda: calls(folder) >= 7, 30, what="the job to be held mid-way")
     (replica,) = env.describe("replica-kill")["replicas"]
     pid = replica_pid(replica["address"])
+    (folder / "slow-load").write_text("")  # the replacement takes a while to load
 
     psutil.Process(pid).kill()
 
-    # Another replica takes its place and is sent the record the dead one held.
-    wait_for(lambda: calls(folder) >= 5, 30, what="the record to be sent again")
+    # Another replica takes its place and, once it is ready, is sent the 4 records the dead
+    # one held (not before: they would fail, with no retries left).
+    wait_for(lambda: calls(folder) >= 11, 30, what="the held records to be sent again")
     (new,) = env.describe("replica-kill")["replicas"]
     assert new["id"] != replica["id"]
     (folder / "open").write_text("")
     done = env.wait_done("replica-kill")
     assert done["status"] == "Completed", done["message"]
+    assert done["summary"]["failures"] == 0
     assert (out / "replica.jsonl.out").read_text().splitlines() == [str(n) for n in range(100)]
-    assert calls(folder) == 101  # only the record the dead replica held was sent twice
+    assert calls(folder) == 104  # only the records the dead replica held were sent twice
     logs = " ".join(env.get("/transform-jobs/replica-kill/logs").json()["lines"])
     assert f"replica {replica['id']} exited" in logs
 
@@ -613,6 +673,29 @@ def test_stop_while_the_replicas_start_ends_the_job_at_once(env: Env) -> None:
 
     done = env.wait_done("stop-early", timeout_s=20)  # not the 60 s the model would take
     assert done["status"] == "Stopped"
-    assert "before its replicas were ready" in done["message"]
+    assert done["message"] == "stopped after 0 record(s)"
     assert done["replicas"] == []
     assert not (env.tmp / "slow-out" / "slow.csv.out").exists()
+
+
+def test_jobs_may_not_share_an_output_and_the_same_job_again_is_a_no_op(env: Env) -> None:
+    folder = env.gated("gated-overlap", after=0)  # holds every record until opened
+    source = write(env.tmp / "overlap.jsonl", jsonl_ids(3))
+    out = env.tmp / "overlap-out"
+    first = job("gated-overlap", source, out, input={"content_type": "application/jsonlines"})
+    env.submit("overlap-1", first)
+
+    inside = job("labels", write(env.tmp / "o.csv", csv_text(rows(3))), out / "sub")
+    resp = env.post("/transform-jobs", {"name": "overlap-2", "spec": inside})
+
+    assert resp.status_code == 409, resp.text
+    assert "overlap-1" in resp.json()["error"]["message"]
+    assert "output.uri" in resp.json()["error"]["message"]
+    (folder / "open").write_text("")
+    assert env.wait_done("overlap-1")["status"] == "Completed"
+    # Once it ended, the same job again is a no-op, even with its input gone.
+    source.unlink()
+    again = env.post("/transform-jobs", {"name": "overlap-1", "spec": first})
+    assert again.status_code == 201 and again.json()["action"] == "unchanged", again.text
+    # And the folder is free for another job.
+    assert env.run("overlap-2", inside)["status"] == "Completed"

@@ -3,6 +3,7 @@ them), data processing (filters, joining, splitting the model's answer), and the
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,27 @@ def test_a_record_over_max_payload_is_a_batch_of_its_own_marked_too_large(
     assert source.count_records(input_file(path), spec().input) == 4
 
 
+def test_a_line_far_over_max_payload_is_skipped_not_held(tmp_path: Path) -> None:
+    # 20 MB without a line end (a JSON array given as JSON lines, or CR-only line ends): read
+    # past in chunks, one too-large record, and the lines after it read as usual.
+    path = tmp_path / "long.csv"
+    with open(path, "wb") as fh:
+        fh.write(b"1,2\n")
+        for _ in range(20):
+            fh.write(b"9," * 500_000)
+        fh.write(b"\n3,4\n5,6")
+
+    batches = read(path, spec(max_payload_mb=1))
+
+    assert [(b.lines, b.too_large) for b in batches] == [([1], False), ([2], True), ([3, 4], False)]
+    assert batches[1].records == [b""]  # nothing of it is kept
+    assert batches[1].end - batches[1].start == 20_000_001
+    assert source.count_records(input_file(path), spec().input) == 4
+    # Resuming after it reads the rest.
+    rest = read(path, spec(max_payload_mb=1), batches[1].end, batches[1].next_line)
+    assert records(rest) == [(3, b"3,4"), (4, b"5,6")]
+
+
 def test_split_none_reads_each_file_as_one_record(tmp_path: Path) -> None:
     body = b'{"instances": [[1, 2], [3, 4]]}\n'
     small, big = tmp_path / "small.json", tmp_path / "big.json"
@@ -138,8 +160,10 @@ def test_split_none_reads_each_file_as_one_record(tmp_path: Path) -> None:
     (too_big,) = read(big, job)
 
     assert whole.records == [body] and not whole.too_large
-    assert too_big.too_large
+    assert too_big.too_large and too_big.records == [b""]
     assert source.count_records(input_file(big), job.input) == 1
+    # A job resuming after the file's one record was committed reads nothing more of it.
+    assert read(small, job, whole.end, whole.next_line) == []
 
 
 def test_empty_files_have_no_records(tmp_path: Path) -> None:
@@ -321,6 +345,14 @@ def test_without_processing_the_answer_is_written_as_is_line_ended() -> None:
     assert whole.assemble([b"{}"], b'{"predictions": [1]}') == b'{"predictions": [1]}'
 
 
+def test_a_json_answer_assembled_by_line_is_one_line_per_record() -> None:
+    proc = Processing(spec(output={"accept": "application/json"}))  # CSV in, JSON out, by line
+    answer = b'{"predictions": [[0.1, 0.9], [0.7, 0.3], [0.5, 0.5]]}'
+    assert proc.assemble([b"1", b"2", b"3"], answer) == b"[0.1,0.9]\n[0.7,0.3]\n[0.5,0.5]\n"
+    with pytest.raises(RecordError, match="answered 1 records for 2"):
+        proc.assemble([b"1", b"2"], b'{"predictions": [[0.1, 0.9]]}')
+
+
 # -- the spec's rules ------------------------------------------------------------------------
 def parse_error(spec_fields: dict[str, Any]) -> SpecError:
     doc = {
@@ -388,6 +420,14 @@ def parse_error(spec_fields: dict[str, Any]) -> SpecError:
             "spec",
             "output.accept",
         ),
+        (
+            {
+                "output": {"uri": "/out", "assemble_with": "none"},
+                "data_processing": {"join_source": "input"},
+            },
+            "spec",
+            "assemble_with must be line",
+        ),
         ({"model_client": {"max_retries": 4}}, "spec.model_client.max_retries", "3"),
         ({"input": {"uri": "https://example.com/x"}}, "spec.input.uri", "web addresses"),
     ],
@@ -415,3 +455,67 @@ def test_valid_combinations_are_accepted() -> None:
         spec(input={"content_type": "application/x-parquet"}).output_accept
         == "application/jsonlines"
     )
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 13])
+def test_lines_and_counts_do_not_depend_on_where_reads_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    data = b"1,2\r\n\r\n  \t\n3,4\n\x0b\n55,66,77\n \n8,9\r\n"
+    path = tmp_path / "chunks.csv"
+    path.write_bytes(data + b"10,11")
+    expected = read(path, spec(max_payload_mb=1))
+    monkeypatch.setattr(source, "CHUNK", chunk)
+
+    assert read(path, spec(max_payload_mb=1)) == expected
+    assert records(expected) == [
+        (1, b"1,2"),
+        (4, b"3,4"),
+        (6, b"55,66,77"),
+        (8, b"8,9"),
+        (9, b"10,11"),
+    ]
+    assert source.count_records(input_file(path), spec().input) == 5
+    path.write_bytes(data + b"  ")  # a last line of spaces is no record
+    assert source.count_records(input_file(path), spec().input) == 4
+
+
+# -- the runner's replica choice -------------------------------------------------------------
+def test_batches_go_only_to_replicas_that_answer_ping(tmp_path: Path) -> None:
+    """A replacement replica is recorded as it starts (so it is stopped whatever happens) but
+    is sent nothing until it is ready: a request refused by a replica still loading would cost
+    a record its tries."""
+    from modelyard.controlplane.store.repo import Store
+    from modelyard.executors.base import ReplicaProcess
+    from modelyard.executors.memory import MemoryExecutor
+    from modelyard.transform.runner import JobRun, Replica, TransformRunner
+
+    runner = TransformRunner(Store("sqlite://"), MemoryExecutor(), tmp_path, tmp_path)
+    run = JobRun(runner, "job")
+
+    async def scenario() -> None:
+        run.ready = asyncio.Condition()
+        loading = Replica("r1", ReplicaProcess(1, 0.0, "http://127.0.0.1:1"), tmp_path / "r1.log")
+        run.replicas[loading.id] = loading
+        with pytest.raises(TimeoutError):  # nothing ready: the sender waits
+            await asyncio.wait_for(run.acquire(), 0.2)
+        loading.ready = True
+        async with run.ready:
+            run.ready.notify_all()
+        chosen = await asyncio.wait_for(run.acquire(), 5)
+        assert chosen is loading and chosen.outstanding == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_spool_shorter_than_committed_fails_the_job_instead_of_padding(tmp_path: Path) -> None:
+    from modelyard.transform.pipeline import JobFailed, Pipeline
+
+    spool = tmp_path / ".a.csv.out.job.partial"
+    spool.write_bytes(b"0\n1\n2\n")
+    with Pipeline._reopen(spool, 4) as fh:  # a resumed run: the committed bytes are kept
+        fh.write(b"9\n")
+    assert spool.read_bytes() == b"0\n1\n9\n"
+    with pytest.raises(JobFailed, match="shorter than the 100 bytes"):
+        Pipeline._reopen(spool, 100)
+    assert spool.read_bytes() == b"0\n1\n9\n"  # never padded with zeros

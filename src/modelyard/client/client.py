@@ -25,6 +25,8 @@ from modelyard.spec.resources import TransformJobSpec
 
 #: the statuses a transform job ends in (it changes no more)
 TRANSFORM_FINAL = frozenset({"Stopped", "Completed", "CompletedWithFailures", "Failed"})
+#: how long ``wait_transform`` waits through a control plane it cannot reach (a restart)
+UNREACHABLE_GRACE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,10 +235,25 @@ class Client:
     ) -> dict[str, Any]:
         """Poll until the job has ended (Stopped, Completed, CompletedWithFailures or Failed),
         calling ``on_progress`` with each description; returns the last one. With no
-        ``timeout_s`` it waits as long as the job runs."""
+        ``timeout_s`` it waits as long as the job runs; through a control-plane restart too
+        (up to a minute unreachable)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        unreachable_since: float | None = None
         while True:
-            view = self.transform_job(name)
+            try:
+                view = self.transform_job(name)
+            except PlatformError as exc:
+                # A control plane restarting: the job resumes when it is back, so wait for it
+                # (a minute at most) rather than give up on a job that goes on.
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if not isinstance(exc.__cause__, httpx.TransportError) or (
+                    now - unreachable_since > UNREACHABLE_GRACE_S
+                ):
+                    raise
+                time.sleep(0.5)  # polling the control plane
+                continue
+            unreachable_since = None
             if on_progress:
                 on_progress(view)
             if view["status"] in TRANSFORM_FINAL:

@@ -379,8 +379,9 @@ class TransformOutputSpec(_Spec):
     )
     assemble_with: Literal["none", "line"] | None = Field(
         default=None,
-        description="line: one output line per record; none: the model's answers as they come "
-        "(default: line when input.split_type is line)",
+        description="line: one output line per record (a JSON answer's predictions are split "
+        "into one line each); none: the model's answers as they come, back to back (default: "
+        "line when input.split_type is line)",
     )
 
     @field_validator("uri")
@@ -477,6 +478,11 @@ class TransformJobSpec(_Spec):
             raise ValueError(
                 "data_processing filters and join_source work on records: they need "
                 "input.split_type line"
+            )
+        if per_record and self.output.assemble_with == "none":
+            raise ValueError(
+                "data_processing filters and join_source write one record a line: "
+                "output.assemble_with must be line (or left out)"
             )
         accept = self.output_accept
         if per_record and accept not in ("text/csv", "application/jsonlines", "application/json"):

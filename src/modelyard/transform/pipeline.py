@@ -4,7 +4,6 @@ input order, exactly once (see :mod:`modelyard.transform.runner`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
@@ -68,6 +67,49 @@ def failure_uri(job: TransformJobSpec, name: str) -> str:
     return storage.join(job.output.uri, f"{name}.failures.jsonl")
 
 
+def spool_path(job: TransformJobSpec, file: InputFile, name: str, work: Path, index: int) -> Path:
+    """Where a file's output is written until it is whole: beside its target (hidden), or for
+    an object store under the job's work folder."""
+    target = output_uri(job, file)
+    if storage.is_local(target):
+        path = Path(storage.local_path(target))
+        return path.parent / f".{path.name}.{name}.partial"
+    return work / f"spool-{index}"
+
+
+def move_spool(job: TransformJobSpec, file: InputFile, name: str, work: Path, index: int) -> None:
+    """Publish a whole file's spool as ``<output>/<name>.out`` (a no-op once it was moved)."""
+    path = spool_path(job, file, name, work, index)
+    if not path.exists():
+        return
+    target = output_uri(job, file)
+    if storage.is_local(target):
+        os.replace(path, storage.local_path(target))
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:  # the rename itself is durable
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    else:
+        with open(path, "rb") as src, storage.atomic_write(target) as dst:
+            shutil.copyfileobj(src, dst, source.CHUNK)
+        path.unlink()
+
+
+def publish_failures(job: TransformJobSpec, name: str, work: Path, length: int) -> None:
+    """Publish the first ``length`` bytes (the committed ones) of a job's failure spool."""
+    if length <= 0:
+        return
+    with (
+        open(work / "failures.jsonl", "rb") as src,
+        storage.atomic_write(failure_uri(job, name)) as dst,
+    ):
+        left = length
+        while left > 0 and (chunk := src.read(min(source.CHUNK, left))):
+            dst.write(chunk)
+            left -= len(chunk)
+
+
 class Pipeline:
     """Reading, sending and committing the mini-batches of one run of a job."""
 
@@ -99,8 +141,7 @@ class Pipeline:
 
     # -- the run ------------------------------------------------------------------------------
     async def go(self) -> tuple[str, str]:
-        self.failures = open(self.run.work / "failures.jsonl", "ab")  # noqa: SIM115
-        self.failures.truncate(self.failure_bytes)
+        self.failures = self._reopen(self.run.work / "failures.jsonl", self.failure_bytes)
         self.failures.seek(self.failure_bytes)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
@@ -135,18 +176,12 @@ class Pipeline:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.committing is not None:  # a commit runs in a thread: let it end
             await asyncio.gather(self.committing, return_exceptions=True)
-        if isinstance(error, Shutdown):
-            raise error  # the spool stays: the job resumes from it
-        if error is not None or self.abort is not None:
-            # Failed or Stopped: no half file; the failures so far are kept (the work folder,
-            # where they were spooled, goes with the job).
-            self._drop_partial()
-            await asyncio.to_thread(self._publish_failures)
-            if error is not None:
-                raise error
-            assert self.abort is not None
+        # Nothing is removed here: the spools stay as committed, whatever the ending. The run
+        # tidies up once the ending is recorded (JobRun._end); a run that resumes uses them.
+        if error is not None:
+            raise error
+        if self.abort is not None:
             return self.abort
-        await asyncio.to_thread(self._publish_failures)
         summary = f"{self.done} record(s) transformed"
         if self.failed:
             where = failure_uri(self.spec, self.run.name)
@@ -366,6 +401,7 @@ class Pipeline:
             if isinstance(item, FileEnd):
                 self._spool(item.file)  # an empty file still gets its (empty) output
                 self._flush()
+                self.cursor["finalizing"] = True  # with the progress: one write
                 self._write_progress()
                 self._finalize(item.file)
                 continue
@@ -399,27 +435,31 @@ class Pipeline:
             run_seconds=self.run._run_seconds(),
         )
 
-    def _spool_path(self, index: int) -> Path:
-        file = self.inputs[index]
-        target = output_uri(self.spec, file)
-        if storage.is_local(target):
-            path = Path(storage.local_path(target))
-            return path.parent / f".{path.name}.{self.run.name}.partial"
-        return self.run.work / f"spool-{index}"
-
     def _spool(self, index: int) -> Any:
         if self.spool_file == index and self.spool is not None:
             return self.spool
         if self.spool is not None:
             self.spool.close()
-        path = self._spool_path(index)
+        path = spool_path(self.spec, self.inputs[index], self.run.name, self.run.work, index)
         path.parent.mkdir(parents=True, exist_ok=True)
         keep = self.cursor["out_bytes"] if index == self.cursor["file"] else 0
-        self.spool = open(path, "ab")  # noqa: SIM115
-        self.spool.truncate(keep)
-        self.spool.seek(keep)
+        self.spool = self._reopen(path, keep)
         self.spool_file = index
         return self.spool
+
+    @staticmethod
+    def _reopen(path: Path, keep: int) -> Any:
+        """A spool for appending after its first ``keep`` (committed) bytes."""
+        fh = open(path, "ab")  # noqa: SIM115
+        if fh.seek(0, os.SEEK_END) < keep:  # never pad a spool with zeros
+            fh.close()
+            raise JobFailed(
+                f"{path} is shorter than the {keep} bytes this job committed to it: it was "
+                "changed outside the job; run the job again under a new name"
+            )
+        fh.truncate(keep)
+        fh.seek(keep)
+        return fh
 
     def _finalize(self, index: int) -> None:
         """Move a finished file's spool to ``<output>/<name>.out``, recorded before and after:
@@ -430,15 +470,7 @@ class Pipeline:
         if self.spool_file == index and self.spool is not None:
             self.spool.close()
             self.spool, self.spool_file = None, -1
-        path = self._spool_path(index)
-        target = output_uri(self.spec, self.inputs[index])
-        if path.exists():
-            if storage.is_local(target):
-                os.replace(path, storage.local_path(target))
-            else:
-                with open(path, "rb") as src, storage.atomic_write(target) as dst:
-                    shutil.copyfileobj(src, dst, source.CHUNK)
-                path.unlink()
+        move_spool(self.spec, self.inputs[index], self.run.name, self.run.work, index)
         self.cursor = {
             "file": index + 1,
             "start": 0,
@@ -447,24 +479,6 @@ class Pipeline:
             "finalizing": False,
         }
         self.run._write(cursor=dict(self.cursor))
-
-    def _drop_partial(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
-        if self.cursor["file"] < len(self.inputs):
-            with contextlib.suppress(OSError):
-                self._spool_path(self.cursor["file"]).unlink()
-
-    def _publish_failures(self) -> None:
-        self.failures.flush()
-        if not self.failures.tell():
-            return
-        with (
-            open(self.run.work / "failures.jsonl", "rb") as src,
-            storage.atomic_write(failure_uri(self.spec, self.run.name)) as dst,
-        ):
-            shutil.copyfileobj(src, dst, source.CHUNK)
 
     # -- watching -----------------------------------------------------------------------------
     async def _watch(self) -> None:

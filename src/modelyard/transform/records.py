@@ -106,6 +106,8 @@ class Processing:
         #: whether the answer must be split into one output per record
         self.per_record = bool(self.input_filter or self.output_filter or self.join)
         self.lines = job.assemble_lines
+        #: a JSON answer assembled by line: one line per record (its ``predictions`` split)
+        self.split_json = self.lines and self.accept == "application/json"
 
     def request_records(self, records: list[bytes]) -> list[bytes]:
         """The records as sent to the model (after the input filter)."""
@@ -170,13 +172,14 @@ class Processing:
 
     def assemble(self, records: list[bytes], answer: bytes) -> bytes:
         """What a mini-batch adds to its file's output."""
+        if self.split_json and not self.per_record:
+            return b"".join(out + b"\n" for out in self.outputs(answer, len(records)))
         if not self.per_record:
             if self.lines and answer and not answer.endswith(b"\n"):
                 return answer + b"\n"
             return answer
         outs = self.outputs(answer, len(records))
-        body = b"\n".join(self.written(r, o) for r, o in zip(records, outs, strict=True))
-        return body + b"\n" if self.lines else body
+        return b"".join(self.written(r, o) + b"\n" for r, o in zip(records, outs, strict=True))
 
 
 def _json(record: bytes) -> Any:

@@ -23,6 +23,7 @@ stores) to ``<output>/<name>.out``, with the move recorded before and after, so 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import threading
@@ -33,13 +34,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelyard.controlplane.reconcile.endpoints import tail_lines
 from modelyard.controlplane.store.repo import Store, TransformRecord
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, StoreError
 from modelyard.executors.base import Executor, ReplicaLaunch, ReplicaProcess
 from modelyard.spec import ModelSpec
 from modelyard.spec.resources import TransformJobSpec
 from modelyard.transform import source
-from modelyard.transform.pipeline import JobFailed, Pipeline, Shutdown
+from modelyard.transform.pipeline import (
+    JobFailed,
+    Pipeline,
+    Shutdown,
+    move_spool,
+    publish_failures,
+    spool_path,
+)
 from modelyard.transform.source import InputFile
 
 log = logging.getLogger("modelyard.transform")
@@ -57,6 +66,8 @@ class Replica:
     proc: ReplicaProcess
     log_path: Path
     outstanding: int = 0
+    #: answers /ping: only then is it sent batches
+    ready: bool = False
     gone: bool = False
 
 
@@ -121,6 +132,10 @@ class JobRun:
         self.replicas: dict[str, Replica] = {}
         self.restarts = 0
         self.stopping = False
+        #: the job is ending: replica starts stop waiting for readiness
+        self.ending = False
+        #: replacement replicas being started
+        self.starting: set[asyncio.Future[None]] = set()
         self._started = time.monotonic()
         self._run_seconds_base = 0.0
 
@@ -137,20 +152,49 @@ class JobRun:
             return
         try:
             status, message = await self._execute(job)
-        except Shutdown:
-            self.say("this run ends here (the control plane is stopping); the job resumes later")
+        except (Shutdown, StoreError) as exc:
+            # Nothing is undone: the job stays InProgress and a later run resumes it.
+            why = "the control plane is stopping" if isinstance(exc, Shutdown) else str(exc)
+            self.say(f"this run ends here ({why}); the job resumes from where it got")
             await self._stop_replicas(kill=True)
             return
         except StopAsked:
-            status, message = "Stopped", "stopped before its replicas were ready"
+            status, message = "Stopped", ""
         except JobFailed as exc:
             status, message = "Failed", str(exc)
         except Exception as exc:
             log.exception("transform job %s failed", self.name)
             status, message = "Failed", f"internal error: {type(exc).__name__}: {exc}"
         await self._stop_replicas()
+        try:
+            await asyncio.to_thread(self._end, status, message)
+        except (Shutdown, StoreError) as exc:
+            self.say(f"could not record the job's end ({exc}); a later run ends it")
+
+    def _end(self, status: str, message: str) -> None:
+        """Record how the job ended, then tidy its files: the failures are published, and a
+        file left half-written is removed — only once the ending is recorded, so that a run
+        that resumes never finds its committed output gone."""
+        with self.store.tx() as repo:
+            job = repo.get_transform(self.name)
+        if job is None or job.attempt != self.attempt:
+            raise Shutdown()
+        spec = TransformJobSpec.model_validate(job.spec)
+        if status == "Stopped" and not message:
+            message = f"stopped after {job.records_done} record(s)"
+        publish_failures(spec, self.name, self.work, job.failure_bytes)
         self.say(f"{status}: {message}" if message else status)
-        await asyncio.to_thread(self._finish, status, message)
+        self._finish(status, message)
+        files = job.files or []
+        index = int(job.cursor.get("file", 0))
+        if index < len(files):
+            file = InputFile(files[index]["uri"], files[index]["name"], files[index]["size"])
+            if job.cursor.get("finalizing"):  # the file was whole: publish it as the job would
+                move_spool(spec, file, self.name, self.work, index)
+            else:
+                with contextlib.suppress(OSError):
+                    spool_path(spec, file, self.name, self.work, index).unlink()
+        shutil.rmtree(self.work, ignore_errors=True)
 
     def _claim(self) -> TransformRecord | None:
         with self.store.tx() as repo:
@@ -184,7 +228,6 @@ class JobRun:
                 replicas=[],
                 run_seconds=self._run_seconds(),
             )
-        shutil.rmtree(self.work, ignore_errors=True)
 
     def _run_seconds(self) -> float:
         return self._run_seconds_base + (time.monotonic() - self._started)
@@ -212,7 +255,7 @@ class JobRun:
             )
         self.work.mkdir(parents=True, exist_ok=True)
         if job.stop_requested:
-            return "Stopped", "stopped before it began"
+            return "Stopped", ""
         files = job.files
         if files is None:
             self.say(f"listing and counting the records under {spec.input.uri}")
@@ -270,10 +313,12 @@ class JobRun:
         except (OSError, ModelyardError) as exc:
             raise JobFailed(f"could not start a replica of model {spec.model!r}: {exc}") from exc
         replica = Replica(rid, proc, log_path)
-        self.replicas[rid] = replica
+        self.replicas[rid] = replica  # recorded at once: whatever happens next, it is stopped
         await asyncio.to_thread(self._record_replicas)
         deadline = time.monotonic() + spec.startup_timeout_s
         while True:
+            if self.ending:
+                return  # the job ends: the replica is stopped with the others
             if self.runner.shutdown.is_set():
                 raise Shutdown()
             if await asyncio.to_thread(self._stop_asked):
@@ -294,6 +339,7 @@ class JobRun:
                     f"{_tail(log_path)}"
                 )
             await asyncio.sleep(0.05)
+        replica.ready = True
         async with self.ready:
             self.ready.notify_all()
 
@@ -321,7 +367,7 @@ class JobRun:
         """The ready replica with the fewest batches in progress (waits while none is)."""
         async with self.ready:
             while True:
-                live = [r for r in self.replicas.values() if not r.gone]
+                live = [r for r in self.replicas.values() if r.ready and not r.gone]
                 if live:
                     best = min(live, key=lambda r: r.outstanding)
                     best.outstanding += 1
@@ -342,7 +388,12 @@ class JobRun:
                 f"replicas of model {self._spec.model!r} keep exiting ({self.restarts} so far); "
                 f"the last one's log ends: {_tail(replica.log_path)}"
             )
-        await self._start_one()
+        # Shielded: if the pipeline is cancelled meanwhile, the start still ends by recording
+        # its replica (or failing), and _stop_replicas waits for it.
+        task = asyncio.ensure_future(self._start_one())
+        self.starting.add(task)
+        task.add_done_callback(self.starting.discard)
+        await asyncio.shield(task)
 
     async def alive(self, replica: Replica) -> bool:
         """Whether a replica whose connection failed is still running (it may take a moment
@@ -354,6 +405,9 @@ class JobRun:
         return True
 
     async def _stop_replicas(self, kill: bool = False) -> None:
+        self.ending = True
+        if self.starting:  # replacements starting: each stops waiting and records its replica
+            await asyncio.gather(*self.starting, return_exceptions=True)
         procs = [r.proc for r in self.replicas.values()]
         self.replicas.clear()
         for proc in procs:
@@ -368,7 +422,7 @@ class JobRun:
 
 def _tail(path: Path, lines: int = 5) -> str:
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        found = tail_lines(path, lines)
     except OSError:
         return "(no log)"
-    return " | ".join(text.strip().splitlines()[-lines:]) or "(empty)"
+    return " | ".join(line for line in found if line.strip()) or "(empty)"

@@ -20,6 +20,8 @@ from modelyard import storage
 from modelyard.spec.resources import TransformInputSpec, TransformJobSpec
 
 CHUNK = 1 << 20
+#: parquet rows read and converted at a time
+PARQUET_SLICE = 4096
 #: what each input media type is sent to the model as
 REQUEST_MEDIA = {
     "text/csv": "text/csv",
@@ -133,16 +135,23 @@ def count_records(file: InputFile, spec: TransformInputSpec) -> int:
         with storage.open_read(file.uri) as raw:
             return int(pq.ParquetFile(raw).metadata.num_rows)
     count = 0
-    tail = b""
+    pending: bool | None = None  # the line not ended yet: None (none), or whether it is blank
     with open_stream(file, spec) as stream:
         while chunk := stream.read(CHUNK):
-            chunk = tail + chunk
-            cut = chunk.rfind(b"\n") + 1
-            whole, tail = chunk[:cut], chunk[cut:]
-            count += whole.count(b"\n") - len(_BLANK_LINE.findall(whole))
-    if tail.strip():
-        count += 1
-    return count
+            first = chunk.find(b"\n")
+            if first < 0:  # the pending line goes on (it may be long: only its blankness is kept)
+                blank = chunk.isspace()
+                pending = blank if pending is None else pending and blank
+                continue
+            head = chunk[:first]
+            blank = not head or head.isspace()
+            count += not (blank if pending is None else pending and blank)
+            last = chunk.rfind(b"\n")
+            middle = chunk[first + 1 : last + 1]
+            count += middle.count(b"\n") - len(_BLANK_LINE.findall(middle))
+            rest = chunk[last + 1 :]
+            pending = rest.isspace() if rest else None
+    return count + (pending is False)
 
 
 def batches(
@@ -152,21 +161,54 @@ def batches(
     spec = job.input
     limit = job.max_payload_mb * 1_000_000
     if spec.split_type == "none":
-        yield _whole_file(index, file, spec, limit)
+        yield from _whole_file(index, file, spec, start, limit)
     elif spec.content_type == "application/x-parquet":
         yield from _parquet_batches(index, file, job, start, limit)
     else:
         yield from _line_batches(index, file, job, start, first_line, limit)
 
 
-def _whole_file(index: int, file: InputFile, spec: TransformInputSpec, limit: int) -> Batch:
+def _whole_file(
+    index: int, file: InputFile, spec: TransformInputSpec, start: int, limit: int
+) -> Iterator[Batch]:
+    if start > 0:
+        return  # the file's one record was committed (a job resuming as it finished the file)
     with open_stream(file, spec) as stream:
         body = stream.read(limit + 1)
         size = len(body)
         if size > limit:
+            body = b""
             while chunk := stream.read(CHUNK):
                 size += len(chunk)
-    return Batch(index, 0, size, 1, [body], [1], too_large=size > limit, next_line=2)
+    yield Batch(index, 0, size, 1, [body], [1], too_large=size > limit, next_line=2)
+
+
+def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[bytes | None, int]]:
+    """The lines of a stream (without their line end) and the bytes each takes (with it). A
+    line longer than ``limit`` comes as None: it is skipped, never held whole."""
+    tail = b""
+    skipped = -1  # while skipping a line longer than the limit: its bytes so far
+    while chunk := stream.read(CHUNK):
+        if skipped >= 0:
+            cut = chunk.find(b"\n")
+            if cut < 0:
+                skipped += len(chunk)
+                continue
+            yield None, skipped + cut + 1
+            skipped = -1
+            chunk = chunk[cut + 1 :]
+        elif tail:
+            chunk = tail + chunk  # tail is at most ``limit`` bytes
+        parts = chunk.split(b"\n")
+        tail = parts.pop()
+        for line in parts:
+            yield line, len(line) + 1
+        if len(tail) > limit:
+            skipped, tail = len(tail), b""
+    if skipped >= 0:
+        yield None, skipped
+    elif tail:
+        yield tail, len(tail)  # the last line, without a line end
 
 
 def _line_batches(
@@ -181,25 +223,8 @@ def _line_batches(
         lines: list[int] = []
         size = 0
         batch_start = pos
-        tail = b""
-        while True:
-            chunk = stream.read(CHUNK)
-            if not chunk:
-                if not tail:
-                    break
-                chunk, tail = tail + b"\n", b""  # the last line, without its line end
-                final_pad = 1
-            else:
-                chunk = tail + chunk
-                cut = chunk.rfind(b"\n") + 1
-                chunk, tail = chunk[:cut], chunk[cut:]
-                final_pad = 0
-                if not chunk:
-                    continue
-            parts = chunk.split(b"\n")
-            parts.pop()  # after the last line end
-            for line in parts:
-                width = len(line) + 1
+        for line, width in _lines(stream, limit):
+            if line is not None:
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 if not line or line.isspace():
@@ -208,32 +233,30 @@ def _line_batches(
                     if not records:
                         batch_start = pos
                     continue
-                if records and (single or size + len(line) + 1 > limit):
-                    yield Batch(
-                        index, batch_start, pos, lines[0], records, lines, next_line=line_no
-                    )
-                    records, lines, size, batch_start = [], [], 0, pos
-                if len(line) + 1 > limit:
-                    yield Batch(
-                        index,
-                        pos,
-                        pos + width - final_pad,
-                        line_no,
-                        [b""],
-                        [line_no],
-                        too_large=True,
-                        next_line=line_no + 1,
-                    )
-                    pos += width
-                    line_no += 1
-                    batch_start = pos
-                    continue
-                records.append(line)
-                lines.append(line_no)
-                size += len(line) + 1
+            too_large = line is None or len(line) + 1 > limit
+            if records and (too_large or single or size + len(line or b"") + 1 > limit):
+                yield Batch(index, batch_start, pos, lines[0], records, lines, next_line=line_no)
+                records, lines, size, batch_start = [], [], 0, pos
+            if too_large or line is None:
+                yield Batch(
+                    index,
+                    pos,
+                    pos + width,
+                    line_no,
+                    [b""],
+                    [line_no],
+                    too_large=True,
+                    next_line=line_no + 1,
+                )
                 pos += width
                 line_no += 1
-            pos -= final_pad
+                batch_start = pos
+                continue
+            records.append(line)
+            lines.append(line_no)
+            size += len(line) + 1
+            pos += width
+            line_no += 1
         if records:
             yield Batch(index, batch_start, pos, lines[0], records, lines, next_line=line_no)
 
@@ -271,22 +294,26 @@ def _parquet_batches(
             if row + rows_in_group <= start:
                 row += rows_in_group
                 continue
-            table = parquet.read_row_group(group)
-            columns = [column.to_pylist() for column in table.columns]
-            for values in zip(*columns, strict=True):
-                if row < start:
-                    row += 1
+            # Read in slices of a row group, converted a slice at a time.
+            for piece in parquet.iter_batches(batch_size=PARQUET_SLICE, row_groups=[group]):
+                if row + piece.num_rows <= start:
+                    row += piece.num_rows
                     continue
-                record = orjson.dumps(list(values), default=_json_default)
-                if records and (single or size + len(record) + 1 > limit):
-                    yield Batch(
-                        index, batch_start, row, lines[0], records, lines, next_line=row + 1
-                    )
-                    records, lines, size, batch_start = [], [], 0, row
-                records.append(record)
-                lines.append(row + 1)
-                size += len(record) + 1
-                row += 1
+                columns = [column.to_pylist() for column in piece.columns]
+                for values in zip(*columns, strict=True):
+                    if row < start:
+                        row += 1
+                        continue
+                    record = orjson.dumps(list(values), default=_json_default)
+                    if records and (single or size + len(record) + 1 > limit):
+                        yield Batch(
+                            index, batch_start, row, lines[0], records, lines, next_line=row + 1
+                        )
+                        records, lines, size, batch_start = [], [], 0, row
+                    records.append(record)
+                    lines.append(row + 1)
+                    size += len(record) + 1
+                    row += 1
         if records:
             yield Batch(index, batch_start, row, lines[0], records, lines, next_line=row + 1)
 

@@ -113,7 +113,7 @@ def apply_documents(store: Store, docs: list[Document], now: float) -> list[Appl
     for i, doc in enumerate(docs):
         if isinstance(doc, ModelDocument):
             check_model(doc.spec, f"documents[{i}].spec")
-        elif isinstance(doc, TransformJobDocument):
+        elif isinstance(doc, TransformJobDocument) and not transforms.already_recorded(store, doc):
             transforms.check_job(doc, f"documents[{i}].spec")
     batch_models = {d.name: d.spec for d in docs if isinstance(d, ModelDocument)}
     results: list[Applied] = []

@@ -27,6 +27,14 @@ from modelyard.transform.pipeline import failure_uri, output_uri
 CHECK_FILES = 1000
 
 
+def already_recorded(store: Store, doc: TransformJobDocument) -> bool:
+    """Whether this very job (same name, same spec) was recorded before: applying it again is
+    a no-op, not checked again (its input may be gone by now)."""
+    with store.tx() as repo:
+        existing = repo.get_transform(doc.name)
+    return existing is not None and existing.spec == dump_spec(doc.spec)
+
+
 def check_job(doc: TransformJobDocument, field: str) -> None:
     """What can be checked outside a transaction: the input and output locations."""
     spec = doc.spec
@@ -88,6 +96,15 @@ def record_job(repo: Repo, doc: TransformJobDocument, field: str, now: float) ->
             f"a transform job named {doc.name!r} already exists ({existing.status}) with another "
             "spec; jobs are kept as a record: run this one under a new name"
         )
+    out = doc.spec.output.uri
+    for other in repo.list_transforms(active_only=True):
+        theirs = other.spec["output"]["uri"]
+        if storage.within(out, [theirs]) or storage.within(theirs, [out]):
+            raise ConflictError(
+                f"{field}.output.uri: transform job {other.name!r} ({other.status}) writes to "
+                f"{theirs}, which overlaps {out}: the two would overwrite each other's outputs; "
+                "pick another output.uri, or wait for that job to end"
+            )
     model = repo.get_model(doc.spec.model)
     if model is None:
         raise SpecError(f"no Model named {doc.spec.model!r}; apply it first", f"{field}.model")
