@@ -40,6 +40,10 @@ class ServerSettings:
     serverless_max_payload_bytes: int = 4 * 1024 * 1024
     #: async endpoints' payload limit (streamed, never held in memory)
     async_max_payload_bytes: int = 1024 * 1024 * 1024
+    #: metrics kept at 10 s resolution this long, then rolled up to 1 min points
+    metrics_retention_s: float = 24 * 3600.0
+    #: the 1 min points are kept this long
+    metrics_rollup_retention_s: float = 14 * 24 * 3600.0
     drain_delay_s: float = 1.5
     stop_grace_s: float = 30.0
     restart_backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)

@@ -103,6 +103,14 @@ def server(
     invocation_timeout: Annotated[
         float, typer.Option(help="Seconds a model may take to answer")
     ] = 60.0,
+    metrics_retention: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Hours of metrics kept at 10 s resolution; older ones are rolled up to 1 minute "
+            "(kept 14 days)",
+        ),
+    ] = 24.0,
 ) -> None:
     """Start the control plane and the gateway; Ctrl-C stops everything."""
     from modelyard.server import Supervisor
@@ -118,6 +126,7 @@ def server(
         gateway_workers=gateway_workers,
         require_invoke_token=require_invoke_token,
         invocation_timeout_s=invocation_timeout,
+        metrics_retention_s=metrics_retention * 3600.0,
     )
     raise typer.Exit(Supervisor(settings, echo=lambda line: out.print(line, markup=False)).run())
 

@@ -13,6 +13,7 @@ from fastapi import Request
 
 from modelyard.controlplane.store.repo import Store
 from modelyard.errors import AuthError
+from modelyard.metrics.recorder import Recorder
 
 
 @dataclass
@@ -24,6 +25,8 @@ class Context:
     wake: threading.Event = field(default_factory=threading.Event)
     #: wakes the transform-jobs controller (a job was created or asked to stop)
     wake_transforms: threading.Event = field(default_factory=threading.Event)
+    #: where the gateways' reports go as metric points (None: not kept)
+    recorder: Recorder | None = None
     clock: Callable[[], float] = time.time
     #: when a gateway last began reading the routing table (None: no gateway has, since start-up)
     routes_read_at: float | None = None

@@ -16,6 +16,7 @@ from modelyard.controlplane.reconcile.endpoints import EndpointController
 from modelyard.controlplane.reconcile.plan import PlanSettings
 from modelyard.controlplane.store.repo import Store
 from modelyard.executors.local import LocalExecutor
+from modelyard.metrics.recorder import Recorder
 from modelyard.process import absorb_reraised_signals, child_start, watch_parent
 from modelyard.transform.runner import TransformRunner
 
@@ -42,6 +43,11 @@ def main() -> None:
     )
     notifier = Notifier(store)
     transforms = TransformRunner(store, executor, settings.logs_dir, settings.state_dir)
+    recorder = Recorder(
+        store,
+        retention_s=settings.metrics_retention_s,
+        rollup_retention_s=settings.metrics_rollup_retention_s,
+    )
     ctx = Context(
         store=store,
         token=token,
@@ -49,6 +55,7 @@ def main() -> None:
         gateway_url=f"http://{settings.host}:{settings.gateway_port}",
         wake=controller.wake,
         wake_transforms=transforms.wake,
+        recorder=recorder,
         state_dir=settings.state_dir,
         inbox_dir=inbox.inbox_dir(settings.run_dir),
     )
@@ -62,6 +69,7 @@ def main() -> None:
     ).start()
     threading.Thread(target=notifier.run, args=(stop, 0.25), daemon=True).start()
     threading.Thread(target=transforms.run, args=(stop, 1.0), daemon=True).start()
+    threading.Thread(target=recorder.run, args=(stop,), daemon=True).start()
     threading.Thread(target=watch_parent, args=(stop,), daemon=True).start()
 
     config = uvicorn.Config(
@@ -79,6 +87,7 @@ def main() -> None:
         queue.close()
         notifier.close()
         transforms.close()
+        recorder.close()
         controller.stop_all(settings.stop_grace_s)
         executor.close()
         store.close()

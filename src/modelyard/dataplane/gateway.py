@@ -18,6 +18,7 @@ import os
 import re
 import time
 import uuid
+from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from modelyard.dataplane import sagemaker as sm
 from modelyard.dataplane.http import Answer, BodyIncomplete, BodyTooLarge, Headers, Request
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
 from modelyard.dataplane.upstream import BundlesUnsupported, Pool, UpstreamError, Upstreams
+from modelyard.metrics.series import LATENCY_BOUNDS_MS, N_BUCKETS
 
 log = logging.getLogger("modelyard.gateway")
 
@@ -39,6 +41,10 @@ _BUNDLE_MAX_BODY = 64 * 1024
 _FORWARDED = (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID)
 #: While a request is held for a replica that is starting, the routing table is read this often.
 _HOLD_SYNC_S = 0.02
+#: a variant's counts between syncs (Gateway._slot): where the latency max and buckets are
+_LATENCY_MAX = 6
+_LATENCY_BUCKETS = 7
+_SLOT_SIZE = _LATENCY_BUCKETS + N_BUCKETS
 #: The gateway writes an uploaded async payload in pieces of about this size.
 _UPLOAD_CHUNK = 1024 * 1024
 _INFERENCE_ID = re.compile(rb"^[\x21-\x7e]{1,64}$")
@@ -83,6 +89,8 @@ class Gateway:
         self.workers = workers
         self.routes: dict[str, EndpointRoute] = {}
         self.counts: dict[str, dict[str, list[float]]] = {}
+        #: requests in progress per endpoint (sampled at each sync: concurrent_requests)
+        self.busy: dict[str, int] = {}
         #: requests in progress (held ones included) per serverless or async endpoint
         self.inflight: dict[str, int] = {}
         self._holding = 0
@@ -122,10 +130,11 @@ class Gateway:
             number = self._syncs_started
             counts, self.counts = self.counts, {}
             active = [name for name, n in self.inflight.items() if n > 0]
+            busy = {name: n for name, n in self.busy.items() if name in self.routes}
             try:
                 async with self._session.post(
                     url,
-                    json={"counts": counts, "active": active},
+                    json={"counts": counts, "active": active, "busy": busy},
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(5),
                 ) as resp:
@@ -172,9 +181,9 @@ class Gateway:
     def _merge_counts(self, counts: dict[str, dict[str, list[float]]]) -> None:
         for endpoint, variants in counts.items():
             for variant, values in variants.items():
-                mine = self.counts.setdefault(endpoint, {}).setdefault(variant, [0, 0, 0, 0, 0])
+                mine = self._slot(endpoint, variant)
                 for i, value in enumerate(values):
-                    mine[i] += value
+                    mine[i] = max(mine[i], value) if i == _LATENCY_MAX else mine[i] + value
 
     def _save_routes(self, table: Any) -> None:
         tmp = self.routes_file.with_suffix(f".{os.getpid()}.tmp")  # workers write it too
@@ -184,18 +193,32 @@ class Gateway:
         except OSError as exc:
             log.warning("could not save the routing table: %s", exc)
 
-    def _count(self, endpoint: str, variant: str, status: int) -> None:
+    def _slot(self, endpoint: str, variant: str) -> list[float]:
+        """The counts of one variant since the last sync: [invocations, 4xx, 5xx, cold starts,
+        cold-start ms, latency sum ms, latency max ms, *latency buckets] (metrics/series.py)."""
         by_variant = self.counts.get(endpoint)
         if by_variant is None:
             by_variant = self.counts[endpoint] = {}
         slot = by_variant.get(variant)
         if slot is None:  # (setdefault would build a dict and a list on every request)
-            slot = by_variant[variant] = [0, 0, 0, 0, 0]
+            slot = by_variant[variant] = [0.0] * _SLOT_SIZE
+        return slot
+
+    def _count(
+        self, endpoint: str, variant: str, status: int, started: float | None = None
+    ) -> None:
+        slot = self._slot(endpoint, variant)
         slot[0] += 1
         if 400 <= status < 500:
             slot[1] += 1
         elif status >= 500:
             slot[2] += 1
+        if started is not None:
+            ms = (time.perf_counter() - started) * 1000.0
+            slot[5] += ms
+            if ms > slot[_LATENCY_MAX]:
+                slot[_LATENCY_MAX] = ms
+            slot[_LATENCY_BUCKETS + bisect_left(LATENCY_BOUNDS_MS, ms)] += 1
 
     # requests --------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Answer:
@@ -229,6 +252,14 @@ class Gateway:
         return _error(status, sm.VALIDATION if status < 500 else sm.INTERNAL_FAILURE, message)
 
     async def _invoke(self, name: str, request: Request) -> Answer:
+        started = time.perf_counter()
+        self.busy[name] = self.busy.get(name, 0) + 1
+        try:
+            return await self._invoke_sync(name, request, started)
+        finally:
+            self.busy[name] -= 1
+
+    async def _invoke_sync(self, name: str, request: Request, started: float) -> Answer:
         headers = request.headers
         variant_name = ""
         try:
@@ -239,7 +270,7 @@ class Gateway:
                 raise _fail(404, sm.VALIDATION, f"Endpoint {name} not found.")
             body = request.body
             if route.kind == "serverless":
-                return await self._invoke_serverless(route, request)
+                return await self._invoke_serverless(route, request, started)
             if route.kind == "async":
                 raise _fail(
                     400,
@@ -262,12 +293,14 @@ class Gateway:
                 )
         except GatewayError as exc:
             if name in self.routes:
-                self._count(name, variant_name or "-", exc.status)
+                self._count(name, variant_name or "-", exc.status, started)
             return exc.status, _error_headers(exc.error_type), exc.body
-        self._count(name, variant_name, answer[0])
+        self._count(name, variant_name, answer[0], started)
         return answer
 
-    async def _invoke_serverless(self, route: EndpointRoute, request: Request) -> Answer:
+    async def _invoke_serverless(
+        self, route: EndpointRoute, request: Request, started: float
+    ) -> Answer:
         """A serverless endpoint: the payload limit, the concurrency cap (429 over it), and a
         request at zero held while a replica starts (counted and timed as a cold start)."""
         name, headers, body = route.name, request.headers, request.body
@@ -306,9 +339,9 @@ class Gateway:
             finally:
                 self.inflight[name] -= 1
         except GatewayError as exc:
-            self._count(name, variant_name, exc.status)
+            self._count(name, variant_name, exc.status, started)
             return exc.status, _error_headers(exc.error_type), exc.body
-        self._count(name, variant_name, answer[0])
+        self._count(name, variant_name, answer[0], started)
         return answer
 
     async def _hold(
@@ -326,9 +359,7 @@ class Gateway:
                 if request.client_gone:
                     raise _fail(499, sm.VALIDATION, "the client closed the connection")
                 if variant is not None and variant.replicas:
-                    slot = self.counts.setdefault(name, {}).setdefault(
-                        variant_name, [0, 0, 0, 0, 0]
-                    )
+                    slot = self._slot(name, variant_name)
                     slot[3] += 1
                     slot[4] += (time.monotonic() - started) * 1000.0
                     return variant

@@ -17,12 +17,17 @@ def gateway_sync(
     ctx: Annotated[Context, Depends(context)],
     counts: Annotated[dict[str, dict[str, list[float]]], Body(embed=True)],
     active: Annotated[list[str], Body(embed=True)] = [],  # noqa: B006 (FastAPI copies it)
+    busy: Annotated[dict[str, float], Body(embed=True)] = {},  # noqa: B006
 ) -> dict[str, Any]:
     """The gateway reports invocation counts since its last call, and the endpoints with
     requests in progress (held ones included: a serverless endpoint at zero starts a replica),
-    and gets the routing table."""
+    and gets the routing table. Counts, latencies and requests in progress also become metric
+    points."""
     now = ctx.clock()
     endpoints.record_counts(ctx.store, counts, now)
+    if ctx.recorder is not None:
+        ctx.recorder.gateway_report(counts, now)
+        ctx.recorder.in_flight(busy, now)
     if active:
         endpoints.record_activity(ctx.store, active, now)
         ctx.wake.set()

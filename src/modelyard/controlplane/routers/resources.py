@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query
 
 from modelyard.controlplane.deps import Context, context
-from modelyard.controlplane.services import endpoints, invocations, models, transforms
+from modelyard.controlplane.services import endpoints, invocations, metrics_view, models, transforms
 from modelyard.controlplane.services.apply import apply_documents
 from modelyard.controlplane.services.apply import rollback_endpoint as rollback_endpoint_service
 from modelyard.errors import InvalidInputError
@@ -59,6 +59,31 @@ def list_endpoints(ctx: Ctx) -> dict[str, Any]:
 def describe_endpoint(ctx: Ctx, name: str) -> dict[str, Any]:
     return endpoints.describe_endpoint(
         ctx.store, name, ctx.gateway_url, ctx.routes_read_at, ctx.state_dir, ctx.clock()
+    )
+
+
+@router.get(
+    "/endpoints/{name}/metrics",
+    summary="An endpoint's metrics over a window: every series, every statistic per period",
+)
+def endpoint_metrics(
+    ctx: Ctx,
+    name: str,
+    since: Annotated[int, Query(description="seconds back from now")] = 900,
+    period: Annotated[
+        int | None, Query(description="seconds per period, a multiple of 10 (default: ~90)")
+    ] = None,
+    metric: Annotated[str | None, Query(description="one metric only")] = None,
+    variant: Annotated[str | None, Query(description="one variant only")] = None,
+) -> dict[str, Any]:
+    return metrics_view.read_metrics(
+        ctx.store,
+        name,
+        ctx.clock(),
+        since_s=since,
+        period_s=period,
+        metric=metric,
+        variant=variant,
     )
 
 

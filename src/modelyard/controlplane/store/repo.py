@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from modelyard.controlplane.store.db import make_engine, migrate, session_factory
+from modelyard.controlplane.store.metric_queries import MetricQueries
 from modelyard.controlplane.store.rows import (
     AsyncInvocationRow,
     CounterRow,
@@ -185,8 +186,8 @@ def _record(cls: type[Any], row: Any) -> Any:
     return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
 
-class Repo:
-    """Queries and writes inside one transaction."""
+class Repo(MetricQueries):
+    """Queries and writes inside one transaction (metric points: store/metric_queries.py)."""
 
     def __init__(self, session: Session) -> None:
         self.s = session

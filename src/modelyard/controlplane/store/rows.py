@@ -217,3 +217,25 @@ class TransformJobRow(Base):
     replicas: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     #: seconds spent running, summed over runs (a resumed job's throughput counts only these)
     run_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class MetricPointRow(Base):
+    """One metric of one endpoint (variant, replica) over one interval: see metrics/series.py.
+    ``variant`` and ``replica`` are "" for a point about the whole endpoint (or variant)."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (
+        Index("ix_metric_points_endpoint_resolution_at", "endpoint", "resolution", "at"),
+    )
+
+    metric: Mapped[str] = mapped_column(String(48), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(63), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    replica: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resolution: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float, primary_key=True)
+    count: Mapped[float] = mapped_column(Float)
+    sum: Mapped[float] = mapped_column(Float)
+    min: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max: Mapped[float | None] = mapped_column(Float, nullable=True)
+    buckets: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)

@@ -1,0 +1,2 @@
+"""Endpoint metrics kept as time series in the store: the one source the CLI, the API and
+alarms read."""

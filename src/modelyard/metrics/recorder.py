@@ -1,0 +1,214 @@
+"""The control plane's metrics recorder: observations in, 10-second points out to the store.
+
+Observations arrive from the gateways' syncs (invocations, errors, latencies, requests in
+progress, cold starts) and from the recorder's own sampling every 10 s (replicas ready, each
+replica's CPU and memory, async backlogs). They are summed in memory per series and interval; an
+interval is written once it has closed (and a little after, for late syncs) — one writer, few
+rows. Hourly, points older than ``retention_s`` are rolled up into 1-minute points, and those
+older than ``rollup_retention_s`` are deleted. A control-plane crash loses at most the intervals
+not yet written (about 10 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from modelyard.controlplane.store.metric_queries import SeriesKey
+from modelyard.controlplane.store.repo import Store
+from modelyard.metrics.series import N_BUCKETS, RESOLUTION_S, ROLLUP_S, Point
+
+log = logging.getLogger("modelyard.metrics")
+
+#: seconds after an interval's end before it is written (syncs come every 0.25 s)
+GRACE_S = 2.0
+ROLLUP_EVERY_S = 300.0
+
+
+class Recorder:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        retention_s: float = 24 * 3600.0,
+        rollup_retention_s: float = 14 * 24 * 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.retention_s = retention_s
+        self.rollup_retention_s = rollup_retention_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._open: dict[tuple[SeriesKey, float], Point] = {}
+        #: per replica: (its CPU seconds, when they were read) at the last sample
+        self._cpu: dict[str, tuple[float, float]] = {}
+        self._rolled_up_at = 0.0
+
+    # observations ----------------------------------------------------------------------------
+    def _point(self, key: SeriesKey, now: float) -> Point:
+        at = now - now % RESOLUTION_S
+        point = self._open.get((key, at))
+        if point is None:
+            point = self._open[(key, at)] = Point(at)
+        return point
+
+    def counter(self, metric: str, endpoint: str, variant: str, n: float, now: float) -> None:
+        if n:
+            with self._lock:
+                self._point(SeriesKey(metric, endpoint, variant, ""), now).add_events(n)
+
+    def gauge(
+        self, metric: str, endpoint: str, variant: str, value: float, now: float, replica: str = ""
+    ) -> None:
+        with self._lock:
+            self._point(SeriesKey(metric, endpoint, variant, replica), now).add(value)
+
+    def latency(
+        self,
+        endpoint: str,
+        variant: str,
+        count: float,
+        sum_ms: float,
+        max_ms: float,
+        buckets: list[float],
+        now: float,
+    ) -> None:
+        """A gateway's latency histogram since its last sync."""
+        if count <= 0 or len(buckets) != N_BUCKETS:
+            return
+        with self._lock:
+            point = self._point(SeriesKey("latency_ms", endpoint, variant, ""), now)
+            point.merge(Point(point.at, count, sum_ms, None, max_ms, list(buckets)))
+
+    def gateway_report(self, counts: dict[str, dict[str, list[float]]], now: float) -> None:
+        """A gateway's counts: {endpoint: {variant: [invocations, 4xx, 5xx, cold starts, cold
+        ms, latency sum ms, latency max ms, *latency buckets]}} (the tail may be absent)."""
+        for endpoint, variants in counts.items():
+            for variant, values in variants.items():
+                self.counter("invocations", endpoint, variant, values[0], now)
+                if len(values) > 2:
+                    self.counter("errors_4xx", endpoint, variant, values[1], now)
+                    self.counter("errors_5xx", endpoint, variant, values[2], now)
+                if len(values) > 3:
+                    self.counter("cold_starts", endpoint, variant, values[3], now)
+                if len(values) >= 7 + N_BUCKETS:
+                    self.latency(
+                        endpoint, variant, values[0], values[5], values[6], values[7:], now
+                    )
+
+    def in_flight(self, counts: dict[str, float], now: float) -> None:
+        """Requests in progress per endpoint at a gateway, as it syncs."""
+        for endpoint, n in counts.items():
+            self.gauge("concurrent_requests", endpoint, "", n, now)
+
+    # writing ---------------------------------------------------------------------------------
+    def flush(self, now: float, everything: bool = False) -> int:
+        """Write the intervals that have closed (all of them with ``everything``)."""
+        with self._lock:
+            due = [
+                item for item in self._open if everything or item[1] + RESOLUTION_S + GRACE_S <= now
+            ]
+            points = [(key, RESOLUTION_S, self._open.pop((key, at))) for key, at in due]
+        if points:
+            with self.store.tx() as repo:
+                repo.add_metric_points(points)
+        return len(points)
+
+    def sample(self, now: float) -> None:
+        """The gauges read from the store and the replicas' processes."""
+        with self.store.tx() as repo:
+            replicas = repo.list_replicas()
+            endpoints = {e.name: e for e in repo.list_endpoints()}
+            backlog = repo.backlog()
+        ready: dict[tuple[str, str], int] = {}
+        for endpoint in endpoints.values():
+            if endpoint.active_revision is not None:
+                with self.store.tx() as repo:
+                    rev = repo.get_revision(endpoint.name, endpoint.active_revision)
+                for variant in rev.spec["variants"] if rev else []:
+                    ready[(endpoint.name, variant["name"])] = 0
+        seen: set[str] = set()
+        for replica in replicas:
+            if replica.state != "ready":
+                continue
+            key = (replica.endpoint, replica.variant)
+            ready[key] = ready.get(key, 0) + 1
+            usage = self._usage(replica.id, replica.pid, replica.pid_started_at, now)
+            seen.add(replica.id)
+            if usage is not None:
+                cpu, memory = usage
+                if cpu is not None:
+                    self.gauge("cpu_percent", *key, cpu, now, replica=replica.id)
+                self.gauge("memory_mb", *key, memory, now, replica=replica.id)
+        for gone in set(self._cpu) - seen:
+            del self._cpu[gone]
+        for (endpoint_name, variant), n in ready.items():
+            self.gauge("replicas", endpoint_name, variant, n, now)
+        for name, entry in backlog.items():
+            if name in endpoints:
+                self.gauge("async_backlog", name, "", entry.queued + entry.running, now)
+                age = now - entry.oldest_queued_at if entry.oldest_queued_at else 0.0
+                self.gauge("async_oldest_age_s", name, "", max(0.0, age), now)
+
+    def _usage(
+        self, replica: str, pid: int | None, started_at: float | None, now: float
+    ) -> tuple[float | None, float] | None:
+        """(CPU % since the last sample or None the first time, resident MB) of a replica with
+        its child processes; None when its process is gone (or is not the one recorded)."""
+        if pid is None:
+            return None
+        try:
+            proc = psutil.Process(pid)
+            if started_at is not None and abs(proc.create_time() - started_at) > 1.0:
+                return None
+            procs = [proc, *proc.children(recursive=True)]
+            cpu_s = 0.0
+            rss = 0
+            for p in procs:
+                try:
+                    times: Any = p.cpu_times()
+                    cpu_s += times.user + times.system
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    continue
+        except psutil.Error:
+            return None
+        before = self._cpu.get(replica)
+        self._cpu[replica] = (cpu_s, now)
+        cpu = None
+        if before is not None and now > before[1]:
+            cpu = max(0.0, 100.0 * (cpu_s - before[0]) / (now - before[1]))
+        return cpu, rss / (1024 * 1024)
+
+    def roll_up(self, now: float) -> None:
+        with self.store.tx() as repo:
+            while repo.roll_up_metrics(now - self.retention_s, RESOLUTION_S, ROLLUP_S) > 0:
+                pass
+            repo.purge_metrics(ROLLUP_S, now - self.rollup_retention_s)
+
+    # the loop --------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        next_sample = 0.0
+        while not stop.wait(1.0):
+            now = self.clock()
+            try:
+                if now >= next_sample:
+                    self.sample(now)
+                    next_sample = now - now % RESOLUTION_S + RESOLUTION_S
+                self.flush(now)
+                if now - self._rolled_up_at >= ROLLUP_EVERY_S:
+                    self.roll_up(now)
+                    self._rolled_up_at = now
+            except Exception:  # a passing store error: try again next second
+                log.exception("metrics: recording failed")
+
+    def close(self) -> None:
+        try:
+            self.flush(self.clock(), everything=True)
+        except Exception:
+            log.exception("metrics: the last points were not written")
