@@ -23,4 +23,4 @@ def test_readme_yaml_examples_are_valid_specs() -> None:
     blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
     assert len(blocks) >= 3
     kinds = {doc.kind for block in blocks for doc in load_documents(block)}
-    assert kinds == {"Model", "Endpoint", "TransformJob"}
+    assert kinds == {"Model", "Endpoint", "TransformJob", "Alarm"}

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from modelyard import __version__
+from modelyard.cli import alarms as alarms_cli
+from modelyard.cli import metrics as metrics_table
 from modelyard.cli import output
 from modelyard.cli.output import Format, dump, err, out
 from modelyard.client import Client
@@ -559,6 +561,65 @@ def transform_logs(
 
 
 @app.command()
+def metrics(
+    endpoint: Annotated[str, typer.Argument()],
+    variant: Annotated[str | None, typer.Option(help="One variant only")] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="One metric only (invocations, latency_ms, …)")
+    ] = None,
+    since: Annotated[
+        int,
+        typer.Option(
+            parser=metrics_table.parse_duration,
+            metavar="DURATION",
+            show_default=False,
+            help="The window, back from now: 90s, 15m, 2h, 1d (up to 14d); default 15m",
+        ),
+    ] = 900,
+    period: Annotated[
+        int | None,
+        typer.Option(
+            parser=metrics_table.parse_duration,
+            metavar="DURATION",
+            show_default=False,
+            help="Each sparkline character (a multiple of 10s); by default the window fits in "
+            f"{metrics_table.MAX_BARS} characters (fewer on a narrow terminal)",
+        ),
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Redraw the table every 5 s until Ctrl-C")
+    ] = False,
+    output_format: Output = Format.table,
+    url: Url = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Show an endpoint's metrics over a window: one row per metric and variant, a sparkline
+    (counters: events per period; latency_ms: p90; gauges: average; blank: no data), the last
+    complete period (latency: p50 · p90 · p99), and the whole window (totals and rates, errors
+    as a share of invocations; or average and maximum). cpu_percent is the average of a
+    variant's replicas (100 = one core), memory_mb their sum.
+
+    -o json|yaml prints every statistic of every period (Client.metrics)."""
+    if watch and output_format is not Format.table:
+        raise typer.BadParameter("--watch draws the table; leave out -o", param_hint="--watch")
+    period_s = period or metrics_table.default_period(since, metrics_table.bars(out))
+    with _client(url, state_dir) as client:
+
+        def read() -> dict[str, Any]:
+            return client.metrics(
+                endpoint, since_s=since, period_s=period_s, metric=metric, variant=variant
+            )
+
+        view = read()
+        if dump(view, output_format):
+            return
+        if watch:
+            metrics_table.watch(out, read)
+        else:
+            metrics_table.show(out, view)
+
+
+@app.command()
 def logs(
     endpoint: Annotated[str, typer.Argument()],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines")] = False,
@@ -576,6 +637,9 @@ def logs(
             page = client.logs(endpoint, cursor=page["cursor"])
             for line in page["lines"]:
                 out.print(line, markup=False)
+
+
+app.add_typer(alarms_cli.app, name="alarms")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import httpx
 
@@ -188,6 +189,49 @@ class Client:
                     f"endpoint {name!r} is still {view['status']} after {timeout_s:g} s"
                 )
             time.sleep(0.25)  # polling the control plane
+
+    def metrics(
+        self,
+        endpoint: str,
+        *,
+        since_s: int = 900,
+        period_s: int | None = None,
+        metric: str | None = None,
+        variant: str | None = None,
+    ) -> dict[str, Any]:
+        """An endpoint's metrics over the last ``since_s`` seconds (up to 14 days), merged into
+        periods of ``period_s`` seconds (a multiple of 10; by default about 90 periods):
+        ``{endpoint, start, end, period_s, series: [{metric, kind, variant, replica, points}]}``,
+        each point ``{at, avg, sum, min, max, sample_count, p50, p90, p99}`` (a statistic a
+        metric lacks is None: a counter has only ``sum``) or ``{at}`` alone for a period without
+        data. The last period is the one in progress. ``metric`` and ``variant`` keep one."""
+        params: dict[str, Any] = {"since": since_s}
+        optional = {"period": period_s, "metric": metric, "variant": variant}
+        params.update({k: v for k, v in optional.items() if v is not None})
+        return dict(self._call("GET", f"/api/v1/endpoints/{endpoint}/metrics", params=params))
+
+    # alarms
+    def list_alarms(self) -> list[dict[str, Any]]:
+        """Every alarm with its state."""
+        return list(self._call("GET", "/api/v1/alarms")["items"])
+
+    def describe_alarm(self, name: str) -> dict[str, Any]:
+        """An alarm: its spec, state, reason, secret, recent transitions and webhooks."""
+        return dict(self._call("GET", f"/api/v1/alarms/{quote(name, safe='')}"))
+
+    def alarm_history(
+        self, name: str, *, limit: int = 100, before: float | None = None
+    ) -> dict[str, Any]:
+        """An alarm's transitions, newest first: ``{items, next}`` (pass ``next`` as ``before``
+        for the page after)."""
+        params: dict[str, Any] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        path = f"/api/v1/alarms/{quote(name, safe='')}/history"
+        return dict(self._call("GET", path, params=params))
+
+    def delete_alarm(self, name: str) -> None:
+        self._call("DELETE", f"/api/v1/alarms/{quote(name, safe='')}")
 
     def logs(
         self, name: str, *, tail: int = 100, cursor: dict[str, int] | None = None

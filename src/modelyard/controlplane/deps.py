@@ -25,6 +25,8 @@ class Context:
     wake: threading.Event = field(default_factory=threading.Event)
     #: wakes the transform-jobs controller (a job was created or asked to stop)
     wake_transforms: threading.Event = field(default_factory=threading.Event)
+    #: wakes the alarm evaluator (an alarm was applied: evaluate it now)
+    wake_alarms: threading.Event = field(default_factory=threading.Event)
     #: where the gateways' reports go as metric points (None: not kept)
     recorder: Recorder | None = None
     clock: Callable[[], float] = time.time

@@ -9,6 +9,7 @@ import threading
 import uvicorn
 
 from modelyard import inbox
+from modelyard.alarms.evaluator import AlarmEvaluator
 from modelyard.controlplane.app import create_app
 from modelyard.controlplane.deps import Context
 from modelyard.controlplane.reconcile.asyncq import AsyncQueue, Notifier
@@ -48,6 +49,7 @@ def main() -> None:
         retention_s=settings.metrics_retention_s,
         rollup_retention_s=settings.metrics_rollup_retention_s,
     )
+    evaluator = AlarmEvaluator(store)
     ctx = Context(
         store=store,
         token=token,
@@ -56,6 +58,7 @@ def main() -> None:
         wake=controller.wake,
         wake_transforms=transforms.wake,
         recorder=recorder,
+        wake_alarms=evaluator.wake,
         state_dir=settings.state_dir,
         inbox_dir=inbox.inbox_dir(settings.run_dir),
     )
@@ -70,6 +73,7 @@ def main() -> None:
     threading.Thread(target=notifier.run, args=(stop, 0.25), daemon=True).start()
     threading.Thread(target=transforms.run, args=(stop, 1.0), daemon=True).start()
     threading.Thread(target=recorder.run, args=(stop,), daemon=True).start()
+    threading.Thread(target=evaluator.run, args=(stop,), daemon=True).start()
     threading.Thread(target=watch_parent, args=(stop,), daemon=True).start()
 
     config = uvicorn.Config(
@@ -83,6 +87,7 @@ def main() -> None:
         stop.set()
         controller.wake.set()
         queue.wake.set()
+        evaluator.wake.set()
         loop.join(timeout=10)
         queue.close()
         notifier.close()

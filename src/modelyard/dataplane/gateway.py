@@ -26,25 +26,24 @@ import aiohttp
 
 from modelyard import inbox, storage
 from modelyard.dataplane import bundle
+from modelyard.dataplane import gateway_metrics as gm
 from modelyard.dataplane import sagemaker as sm
+from modelyard.dataplane.gateway_metrics import LATENCY_BUCKETS, LATENCY_MAX, SLOT_SIZE
 from modelyard.dataplane.http import Answer, BodyIncomplete, BodyTooLarge, Headers, Request
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
 from modelyard.dataplane.upstream import BundlesUnsupported, Pool, UpstreamError, Upstreams
-from modelyard.metrics.series import LATENCY_BOUNDS_MS, N_BUCKETS
+from modelyard.metrics.series import LATENCY_BOUNDS_MS
 
 log = logging.getLogger("modelyard.gateway")
 
 _JSON = b"application/json"
 _JSON_HEADERS = ((b"content-type", _JSON),)
+_METRICS_HEADERS = ((b"content-type", gm.CONTENT_TYPE),)
 #: Bodies larger than this go alone: bundling saves per-request overhead, which they dwarf.
 _BUNDLE_MAX_BODY = 64 * 1024
 _FORWARDED = (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID)
 #: While a request is held for a replica that is starting, the routing table is read this often.
 _HOLD_SYNC_S = 0.02
-#: a variant's counts between syncs (Gateway._slot): where the latency max and buckets are
-_LATENCY_MAX = 6
-_LATENCY_BUCKETS = 7
-_SLOT_SIZE = _LATENCY_BUCKETS + N_BUCKETS
 #: The gateway writes an uploaded async payload in pieces of about this size.
 _UPLOAD_CHUNK = 1024 * 1024
 _INFERENCE_ID = re.compile(rb"^[\x21-\x7e]{1,64}$")
@@ -88,7 +87,11 @@ class Gateway:
         self.async_max_payload = async_max_payload_bytes
         self.workers = workers
         self.routes: dict[str, EndpointRoute] = {}
-        self.counts: dict[str, dict[str, list[float]]] = {}
+        self.counts: gm.Counts = {}
+        #: counts the control plane did not get (it was away): sent with the next sync
+        self._unsent: gm.Counts = {}
+        #: what ``GET /metrics`` answers (shared through files by several workers)
+        self.totals = gm.GatewayTotals(routes_file.parent / gm.FOLDER if workers > 1 else None)
         #: requests in progress per endpoint (sampled at each sync: concurrent_requests)
         self.busy: dict[str, int] = {}
         #: requests in progress (held ones included) per serverless or async endpoint
@@ -115,6 +118,7 @@ class Gateway:
         if self._session:
             await self._session.close()
         self.upstreams.close()
+        self.totals.close()
 
     def _load_saved_routes(self) -> None:
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -129,12 +133,22 @@ class Gateway:
             self._syncs_started += 1
             number = self._syncs_started
             counts, self.counts = self.counts, {}
+            self.totals.add(counts)  # once, whether or not the control plane gets them now
+            if self._unsent:
+                gm.merge_counts(self._unsent, counts)
+                counts, self._unsent = self._unsent, {}
             active = [name for name, n in self.inflight.items() if n > 0]
             busy = {name: n for name, n in self.busy.items() if name in self.routes}
+            self.totals.save(busy)
             try:
                 async with self._session.post(
                     url,
-                    json={"counts": counts, "active": active, "busy": busy},
+                    json={
+                        "counts": counts,
+                        "active": active,
+                        "busy": busy,
+                        "worker": os.getpid(),
+                    },
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(5),
                 ) as resp:
@@ -154,7 +168,7 @@ class Gateway:
                     self._save_routes(table)
                     last_table = table
             except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
-                self._merge_counts(counts)  # keep them for the next try
+                self._unsent = counts  # for the next try
                 log.debug("control plane unreachable, serving the last routing table: %s", exc)
             async with self._sync_cond:
                 self._syncs_done = number
@@ -178,13 +192,6 @@ class Gateway:
                 )
         return self.routes.get(name)
 
-    def _merge_counts(self, counts: dict[str, dict[str, list[float]]]) -> None:
-        for endpoint, variants in counts.items():
-            for variant, values in variants.items():
-                mine = self._slot(endpoint, variant)
-                for i, value in enumerate(values):
-                    mine[i] = max(mine[i], value) if i == _LATENCY_MAX else mine[i] + value
-
     def _save_routes(self, table: Any) -> None:
         tmp = self.routes_file.with_suffix(f".{os.getpid()}.tmp")  # workers write it too
         try:
@@ -201,7 +208,7 @@ class Gateway:
             by_variant = self.counts[endpoint] = {}
         slot = by_variant.get(variant)
         if slot is None:  # (setdefault would build a dict and a list on every request)
-            slot = by_variant[variant] = [0.0] * _SLOT_SIZE
+            slot = by_variant[variant] = [0.0] * SLOT_SIZE
         return slot
 
     def _count(
@@ -216,9 +223,9 @@ class Gateway:
         if started is not None:
             ms = (time.perf_counter() - started) * 1000.0
             slot[5] += ms
-            if ms > slot[_LATENCY_MAX]:
-                slot[_LATENCY_MAX] = ms
-            slot[_LATENCY_BUCKETS + bisect_left(LATENCY_BOUNDS_MS, ms)] += 1
+            if ms > slot[LATENCY_MAX]:
+                slot[LATENCY_MAX] = ms
+            slot[LATENCY_BUCKETS + bisect_left(LATENCY_BOUNDS_MS, ms)] += 1
 
     # requests --------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Answer:
@@ -235,6 +242,8 @@ class Gateway:
                 return await self._invoke_async(name, request)
         if path in ("/ping", "/healthz"):
             return 200, _JSON_HEADERS, b'{"status":"ok"}'
+        if path == "/metrics":
+            return self._metrics(request)
         return _error(404, sm.VALIDATION, f"no route for {path}")
 
     def streaming(self, method: str, path: str, headers: dict[bytes, bytes]) -> int | None:
@@ -251,13 +260,30 @@ class Gateway:
             message = self._too_big
         return _error(status, sm.VALIDATION if status < 500 else sm.INTERNAL_FAILURE, message)
 
+    def _metrics(self, request: Request) -> Answer:
+        """Prometheus' scrape (gateway_metrics.py); it needs the invoke token when invocations
+        do."""
+        if request.method != "GET":
+            return _error(405, sm.VALIDATION, "use GET")
+        try:
+            if self.invoke_token is not None:
+                self._authorize(request.headers)
+        except GatewayError as exc:
+            return exc.status, _error_headers(exc.error_type), exc.body
+        busy = {name: self.busy.get(name, 0) for name in self.routes}
+        return 200, _METRICS_HEADERS, self.totals.scrape(busy)
+
     async def _invoke(self, name: str, request: Request) -> Answer:
         started = time.perf_counter()
         self.busy[name] = self.busy.get(name, 0) + 1
         try:
             return await self._invoke_sync(name, request, started)
         finally:
-            self.busy[name] -= 1
+            left = self.busy[name] - 1
+            if left:
+                self.busy[name] = left
+            else:  # no entry kept per name ever asked for (404s included)
+                del self.busy[name]
 
     async def _invoke_sync(self, name: str, request: Request, started: float) -> Answer:
         headers = request.headers

@@ -28,6 +28,8 @@ log = logging.getLogger("modelyard.metrics")
 #: seconds after an interval's end before it is written (syncs come every 0.25 s)
 GRACE_S = 2.0
 ROLLUP_EVERY_S = 300.0
+#: a gateway worker not heard from this long no longer counts toward requests in progress
+WORKER_SILENT_S = 5.0
 
 
 class Recorder:
@@ -48,6 +50,8 @@ class Recorder:
         #: per replica: (its CPU seconds, when they were read) at the last sample
         self._cpu: dict[str, tuple[float, float]] = {}
         self._rolled_up_at = 0.0
+        #: per gateway worker: (when it last synced, its requests in progress per endpoint)
+        self._busy: dict[int, tuple[float, dict[str, float]]] = {}
 
     # observations ----------------------------------------------------------------------------
     def _point(self, key: SeriesKey, now: float) -> Point:
@@ -57,8 +61,12 @@ class Recorder:
             point = self._open[(key, at)] = Point(at)
         return point
 
-    def counter(self, metric: str, endpoint: str, variant: str, n: float, now: float) -> None:
-        if n:
+    def counter(
+        self, metric: str, endpoint: str, variant: str, n: float, now: float, zero: bool = False
+    ) -> None:
+        """``n`` events; none is a point only with ``zero`` (errors while there is traffic: a
+        period of traffic without errors has error data, zero)."""
+        if n or zero:
             with self._lock:
                 self._point(SeriesKey(metric, endpoint, variant, ""), now).add_events(n)
 
@@ -92,31 +100,49 @@ class Recorder:
             for variant, values in variants.items():
                 self.counter("invocations", endpoint, variant, values[0], now)
                 if len(values) > 2:
-                    self.counter("errors_4xx", endpoint, variant, values[1], now)
-                    self.counter("errors_5xx", endpoint, variant, values[2], now)
+                    traffic = values[0] > 0
+                    self.counter("errors_4xx", endpoint, variant, values[1], now, zero=traffic)
+                    self.counter("errors_5xx", endpoint, variant, values[2], now, zero=traffic)
                 if len(values) > 3:
                     self.counter("cold_starts", endpoint, variant, values[3], now)
                 if len(values) >= 7 + N_BUCKETS:
-                    self.latency(
-                        endpoint, variant, values[0], values[5], values[6], values[7:], now
-                    )
+                    # Latencies counted: async requests (202) have none, so not values[0].
+                    timed = sum(values[7:])
+                    self.latency(endpoint, variant, timed, values[5], values[6], values[7:], now)
 
-    def in_flight(self, counts: dict[str, float], now: float) -> None:
-        """Requests in progress per endpoint at a gateway, as it syncs."""
-        for endpoint, n in counts.items():
-            self.gauge("concurrent_requests", endpoint, "", n, now)
+    def in_flight(
+        self, worker: int, counts: dict[str, float], endpoints: list[str], now: float
+    ) -> None:
+        """Requests in progress per endpoint at one gateway worker, as it syncs: a sample of
+        every routed endpoint's total over the workers heard from in the last few seconds
+        (each worker sees only its own requests)."""
+        with self._lock:
+            self._busy[worker] = (now, counts)
+            live = [c for at, c in self._busy.values() if now - at <= WORKER_SILENT_S]
+            for gone in [w for w, (at, _) in self._busy.items() if now - at > WORKER_SILENT_S]:
+                del self._busy[gone]
+        for endpoint in endpoints:
+            total = sum(c.get(endpoint, 0) for c in live)
+            self.gauge("concurrent_requests", endpoint, "", total, now)
 
     # writing ---------------------------------------------------------------------------------
     def flush(self, now: float, everything: bool = False) -> int:
-        """Write the intervals that have closed (all of them with ``everything``)."""
+        """Write the intervals that have closed (all of them with ``everything``). When the
+        store fails they stay for the next flush."""
         with self._lock:
             due = [
                 item for item in self._open if everything or item[1] + RESOLUTION_S + GRACE_S <= now
             ]
             points = [(key, RESOLUTION_S, self._open.pop((key, at))) for key, at in due]
         if points:
-            with self.store.tx() as repo:
-                repo.add_metric_points(points)
+            try:
+                with self.store.tx() as repo:
+                    repo.add_metric_points(points)
+            except BaseException:
+                with self._lock:  # merged with what arrived for those intervals meanwhile
+                    for key, _, point in points:
+                        self._point(key, point.at).merge(point)
+                raise
         return len(points)
 
     def sample(self, now: float) -> None:

@@ -1,5 +1,6 @@
 """Resource specs (pydantic models), YAML loading and error translation."""
 
+from modelyard.spec.alarms import AlarmDocument, AlarmSpec
 from modelyard.spec.documents import load_documents, parse_document, parse_documents
 from modelyard.spec.resources import (
     KINDS,
@@ -22,6 +23,8 @@ from modelyard.spec.resources import (
 __all__ = [
     "KINDS",
     "RUNTIMES",
+    "AlarmDocument",
+    "AlarmSpec",
     "AsyncSpec",
     "BatchingSpec",
     "ContainerSpec",

@@ -23,9 +23,11 @@ def _loc_to_path(prefix: str, loc: tuple[Any, ...]) -> str:
             "ModelDocument",
             "EndpointDocument",
             "TransformJobDocument",
+            "AlarmDocument",
             "Model",
             "Endpoint",
             "TransformJob",
+            "Alarm",
         ):
             continue  # discriminator branch names, not fields
         else:

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from modelyard.spec.alarms import AlarmActionsSpec, AlarmDimensionsSpec, AlarmSpec
 from modelyard.spec.resources import (
     AsyncSpec,
     BatchingSpec,
@@ -53,6 +54,9 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`output`", TransformOutputSpec, ""),
     ("`data_processing`", DataProcessingSpec, ""),
     ("`model_client`", ModelClientSpec, ""),
+    ("Alarm `spec`", AlarmSpec, "kind: Alarm"),
+    ("`dimensions`", AlarmDimensionsSpec, ""),
+    ("`actions`", AlarmActionsSpec, ""),
 ]
 
 
@@ -134,6 +138,12 @@ def render() -> str:
         "- `data_processing` filters and `join_source: input` work on records: they need",
         "  `split_type: line` and an `output.accept` of `text/csv`, `application/jsonlines` or",
         "  `application/json` (answers split into one output per record).",
+        "- An Alarm's `statistic` fits its `metric`: counters (`invocations`, `errors_4xx`,",
+        "  `errors_5xx`, `cold_starts`) have only `sum`; `p50`, `p90`, `p99` are for",
+        "  `latency_ms`, which has no `min`. `concurrent_requests`, `async_backlog` and",
+        "  `async_oldest_age_s` are per endpoint: no `dimensions.variant`.",
+        "  `datapoints_to_alarm` is at most `evaluation_periods`, and",
+        "  `period_s × evaluation_periods` at most 86400 (one day). The endpoint need not exist.",
         "",
     ]
     return "\n".join(lines)

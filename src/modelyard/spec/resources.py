@@ -7,17 +7,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-63 letters, digits and hyphens")]
+from modelyard.spec.alarms import AlarmDocument
+from modelyard.spec.base import Name, _Spec
 
 # Runtimes known to the schema. Each maps to a plugin in modelyard.runtimes; the schema names them
 # here so that validating a spec never imports an ML framework.
 RUNTIMES = ("sklearn", "onnx", "python", "container")
 RuntimeName = Literal["sklearn", "onnx", "python", "container"]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ContainerSpec(_Spec):
@@ -516,9 +512,10 @@ class TransformJobDocument(_Spec):
 
 
 Document = Annotated[
-    ModelDocument | EndpointDocument | TransformJobDocument, Field(discriminator="kind")
+    ModelDocument | EndpointDocument | TransformJobDocument | AlarmDocument,
+    Field(discriminator="kind"),
 ]
-KINDS = ("Model", "Endpoint", "TransformJob")
+KINDS = ("Model", "Endpoint", "TransformJob", "Alarm")
 
 
 def dump_spec(spec: BaseModel) -> dict[str, Any]:

@@ -20,9 +20,10 @@ dies on the way:
   kind, so a request run twice still leaves exactly one of them;
 - a request still queued after ``request_ttl_s`` fails as expired.
 
-Finishing a request also writes its notifications (an outbox in the same transaction); the
-notifier delivers them, signed (:mod:`modelyard.webhooks`), with retries and backoff, on threads
-of its own so an unreachable receiver never holds up the queue.
+Finishing a request also writes its notifications (an outbox in the same transaction; an alarm's
+change of state writes its own there too); the notifier delivers them, signed
+(:mod:`modelyard.webhooks`), with retries and backoff, on threads of its own so an unreachable
+receiver never holds up the queue.
 """
 
 from __future__ import annotations
@@ -806,10 +807,10 @@ class Notifier:
                 repo.update_notification(
                     note.id, state="failed", attempts=attempts, last_error=error
                 )
+                about = f"alarm {note.alarm}" if note.alarm else note.inference_id
                 repo.add_event(
                     note.endpoint,
-                    f"webhook {note.url} for {note.inference_id} given up after {attempts} "
-                    f"tries: {error}",
+                    f"webhook {note.url} for {about} given up after {attempts} tries: {error}",
                     now,
                 )
                 return

@@ -18,6 +18,7 @@ def gateway_sync(
     counts: Annotated[dict[str, dict[str, list[float]]], Body(embed=True)],
     active: Annotated[list[str], Body(embed=True)] = [],  # noqa: B006 (FastAPI copies it)
     busy: Annotated[dict[str, float], Body(embed=True)] = {},  # noqa: B006
+    worker: Annotated[int, Body(embed=True)] = 0,
 ) -> dict[str, Any]:
     """The gateway reports invocation counts since its last call, and the endpoints with
     requests in progress (held ones included: a serverless endpoint at zero starts a replica),
@@ -27,10 +28,11 @@ def gateway_sync(
     endpoints.record_counts(ctx.store, counts, now)
     if ctx.recorder is not None:
         ctx.recorder.gateway_report(counts, now)
-        ctx.recorder.in_flight(busy, now)
     if active:
         endpoints.record_activity(ctx.store, active, now)
         ctx.wake.set()
     table = endpoints.routes(ctx.store, ctx.state_dir)
+    if ctx.recorder is not None:
+        ctx.recorder.in_flight(worker, busy, list(table), now)
     ctx.routes_read_at = now
     return {"routes": table}

@@ -1,4 +1,4 @@
-"""/api/v1: apply, models, endpoints, transform jobs, logs."""
+"""/api/v1: apply, models, endpoints, transform jobs, logs (alarms: routers/alarms.py)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def apply(
     results = apply_documents(ctx.store, docs, ctx.clock())
     ctx.wake.set()
     ctx.wake_transforms.set()
+    if any(r.kind == "Alarm" and r.action != "unchanged" for r in results):
+        ctx.wake_alarms.set()
     return {"results": [r.to_json() for r in results]}
 
 

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard import storage
-from modelyard.controlplane.services import transforms
+from modelyard.controlplane.services import alarms, transforms
 from modelyard.controlplane.store.repo import EndpointRecord, Repo, Store
 from modelyard.errors import ConflictError, MissingDependencyError, NotFoundError, SpecError
 from modelyard.runtimes.registry import check_installed
 from modelyard.spec import Document, EndpointDocument, ModelDocument, ModelSpec, dump_spec
+from modelyard.spec.alarms import AlarmDocument
 from modelyard.spec.resources import TransformJobDocument
 
 
@@ -166,4 +167,9 @@ def apply_documents(store: Store, docs: list[Document], now: float) -> list[Appl
             if isinstance(doc, TransformJobDocument):
                 action = transforms.record_job(repo, doc, f"documents[{i}].spec", now)
                 results.append(Applied("TransformJob", doc.name, action))
+        # Alarms need nothing else to exist: one on an endpoint without data is
+        # INSUFFICIENT_DATA (or keeps its state, with treat_missing_data: ignore).
+        for doc in docs:
+            if isinstance(doc, AlarmDocument):
+                results.append(Applied("Alarm", doc.name, alarms.record_alarm(repo, doc, now)))
     return results

@@ -28,8 +28,10 @@ def read_metrics(
         raise InvalidInputError(f"metric: must be one of {', '.join(METRICS)} (got {metric!r})")
     if not 0 < since_s <= MAX_SINCE_S:
         raise InvalidInputError(f"since: must be 1 s to {MAX_SINCE_S // 86400} days")
-    if period_s is None:  # about 90 periods, in whole multiples of 10 s
-        period_s = max(RESOLUTION_S, -(-since_s // 90 // RESOLUTION_S) * RESOLUTION_S)
+    if period_s is None:  # about 90 periods, in whole multiples of 10 s (of 1 min past a day,
+        # where points are 1-minute roll-ups)
+        unit = RESOLUTION_S if since_s <= 86400 else ROLLUP_S
+        period_s = max(unit, -(-since_s // 90 // unit) * unit)
     if period_s % RESOLUTION_S or period_s <= 0:
         raise InvalidInputError(f"period: must be a multiple of {RESOLUTION_S} s")
     if since_s / period_s > MAX_PERIODS:

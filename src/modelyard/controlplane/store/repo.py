@@ -15,6 +15,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from modelyard.controlplane.store.alarm_queries import AlarmQueries
 from modelyard.controlplane.store.db import make_engine, migrate, session_factory
 from modelyard.controlplane.store.metric_queries import MetricQueries
 from modelyard.controlplane.store.rows import (
@@ -154,6 +155,7 @@ class NotificationRecord:
     next_at: float
     last_error: str
     created_at: float
+    alarm: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +188,9 @@ def _record(cls: type[Any], row: Any) -> Any:
     return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
 
-class Repo(MetricQueries):
-    """Queries and writes inside one transaction (metric points: store/metric_queries.py)."""
+class Repo(MetricQueries, AlarmQueries):
+    """Queries and writes inside one transaction (metric points: store/metric_queries.py;
+    alarms: store/alarm_queries.py)."""
 
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -521,12 +524,20 @@ class Repo(MetricQueries):
 
     # notifications
     def add_notification(
-        self, endpoint: str, inference_id: str, url: str, body: str, secret: str, now: float
+        self,
+        endpoint: str,
+        inference_id: str,
+        url: str,
+        body: str,
+        secret: str,
+        now: float,
+        alarm: str = "",
     ) -> None:
         self.s.add(
             NotificationRow(
                 endpoint=endpoint,
                 inference_id=inference_id,
+                alarm=alarm,
                 url=url,
                 body=body,
                 secret=secret,

@@ -175,8 +175,10 @@ class NotificationRow(Base):
     inference_id: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
-    #: the endpoint's webhook secret when it was written (it outlives the endpoint)
+    #: the endpoint's (or alarm's) webhook secret when it was written (it outlives them)
     secret: Mapped[str] = mapped_column(String(64), default="")
+    #: the alarm whose change of state this tells of ("" for an async request's result)
+    alarm: Mapped[str] = mapped_column(String(63), default="")
     state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_at: Mapped[float] = mapped_column(Float)
@@ -239,3 +241,38 @@ class MetricPointRow(Base):
     min: Mapped[float | None] = mapped_column(Float, nullable=True)
     max: Mapped[float | None] = mapped_column(Float, nullable=True)
     buckets: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
+
+
+class AlarmRow(Base):
+    """An alarm: its spec and its state (see alarms/evaluate.py). ``version`` grows with each
+    change of the spec, so an evaluation made with an older spec is never recorded."""
+
+    __tablename__ = "alarms"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(24))
+    #: why it entered its state (the evaluation that moved it there)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    state_since: Mapped[float] = mapped_column(Float)
+    evaluated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: what the latest evaluation found (its reason, whether or not the state changed)
+    evaluation: Mapped[str] = mapped_column(Text, default="")
+    #: signs the alarm's webhook notifications (HMAC-SHA256)
+    webhook_secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class AlarmTransitionRow(Base):
+    """An alarm's history: one row each time its state changed."""
+
+    __tablename__ = "alarm_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alarm: Mapped[str] = mapped_column(String(63), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    old_state: Mapped[str] = mapped_column(String(24))
+    new_state: Mapped[str] = mapped_column(String(24))
+    reason: Mapped[str] = mapped_column(Text)

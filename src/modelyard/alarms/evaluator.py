@@ -1,0 +1,137 @@
+"""The control plane's alarm evaluator: every alarm, every 10 s, a little after each 10 s boundary.
+
+A tick reads each alarm's points from the store, evaluates them (:mod:`.evaluate`) and records the
+result. A change of state is recorded with its history entry and the webhooks of the new state's
+actions (the notification outbox, delivered by the notifier with its retries) in one transaction,
+and only if the alarm is still as it was read: a spec applied meanwhile wins, and is evaluated on
+the next tick. Ticks fall :data:`~.evaluate.SETTLE_S` seconds after each multiple of 10 s (so
+each period is evaluated as soon as its points are written), and at once when an alarm is
+applied (``wake``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from modelyard.alarms.evaluate import SETTLE_S, Evaluation, evaluate, window
+from modelyard.controlplane.store.alarm_queries import AlarmRecord
+from modelyard.controlplane.store.repo import Repo, Store
+from modelyard.metrics.series import RESOLUTION_S
+from modelyard.spec.alarms import AlarmSpec
+
+log = logging.getLogger("modelyard.alarms")
+
+
+def next_tick(now: float, every_s: float = RESOLUTION_S, settle_s: float = SETTLE_S) -> float:
+    """The first tick after ``now``: ``settle_s`` past a multiple of ``every_s``."""
+    return (math.floor((now - settle_s) / every_s) + 1) * every_s + settle_s
+
+
+def notification(
+    alarm: AlarmRecord, spec: AlarmSpec, result: Evaluation, now: float
+) -> dict[str, Any]:
+    """The JSON body told to the webhooks of the state the alarm entered."""
+    return {
+        "event": "AlarmStateChange",
+        "alarm": alarm.name,
+        "description": spec.description,
+        "endpoint": spec.dimensions.endpoint,
+        "variant": spec.dimensions.variant,
+        "metric": spec.metric,
+        "statistic": spec.statistic,
+        "condition": spec.condition,
+        "old_state": alarm.state,
+        "new_state": result.state,
+        "reason": result.reason,
+        "values": list(result.values),
+        "window": {"start": result.start, "end": result.end},
+        "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
+        "timestamp": now,
+    }
+
+
+class AlarmEvaluator:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        settle_s: float = SETTLE_S,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.settle_s = settle_s
+        #: set to evaluate every alarm now (an alarm was applied)
+        self.wake = threading.Event()
+
+    def tick(self, now: float) -> int:
+        """Evaluate every alarm at ``now``; how many changed state."""
+        with self.store.tx() as repo:
+            alarms = repo.list_alarms()
+        moved = 0
+        for alarm in alarms:
+            try:
+                moved += self.evaluate(alarm, now)
+            except Exception:  # one alarm's failure (a passing store error) spares the others
+                log.exception("alarm %s: evaluation failed", alarm.name)
+        return moved
+
+    def evaluate(self, alarm: AlarmRecord, now: float) -> bool:
+        """Evaluate one alarm and record the result; whether it changed state."""
+        spec = AlarmSpec.model_validate(alarm.spec)
+        start, end = window(spec, now, self.settle_s)
+        with self.store.tx() as repo:
+            series = repo.metric_points(
+                spec.dimensions.endpoint,
+                start,
+                end,
+                metric=spec.metric,
+                variant=spec.dimensions.variant,
+            )
+        points = [point for points in series.values() for point in points]
+        result = evaluate(spec, points, now, alarm.state, self.settle_s)
+        with self.store.tx() as repo:
+            moved = repo.record_evaluation(alarm, result.state, result.reason, now)
+            if moved:
+                self._notify(repo, alarm, spec, result, now)
+        if moved:
+            log.info("alarm %s: %s -> %s: %s", alarm.name, alarm.state, result.state, result.reason)
+        return moved
+
+    def _notify(
+        self, repo: Repo, alarm: AlarmRecord, spec: AlarmSpec, result: Evaluation, now: float
+    ) -> None:
+        urls = getattr(spec.actions, result.state.lower())
+        if not urls:
+            return
+        body = json.dumps(notification(alarm, spec, result, now))
+        for url in urls:
+            repo.add_notification(
+                spec.dimensions.endpoint,
+                "",
+                str(url),
+                body,
+                alarm.webhook_secret,
+                now,
+                alarm=alarm.name,
+            )
+
+    def run(self, stop: threading.Event) -> None:
+        next_at = 0.0
+        while not stop.is_set():
+            now = self.clock()
+            if now >= next_at or self.wake.is_set():
+                self.wake.clear()
+                try:
+                    self.tick(now)
+                except Exception:  # a passing store error: the next tick tries again
+                    log.exception("alarms: evaluation failed")
+                next_at = next_tick(now, settle_s=self.settle_s)
+            self.wake.wait(min(1.0, max(0.0, next_at - self.clock())))

@@ -1,0 +1,199 @@
+"""The gateway's ``GET /metrics``: what it answered since it started, in Prometheus' text format.
+
+Counts reach these totals at each sync (``Gateway._sync_forever`` adds the slot it reports to
+the control plane), not per request: the request path does no more than ``Gateway._count``. A
+scrape lags the answers by at most one sync interval (0.25 s; another worker's, about twice that).
+
+With several gateway workers (``--gateway-workers``) a scrape reaches one of them, so each worker
+writes its totals to ``<run dir>/gateway-metrics/<pid>.json`` (when they changed, at most every
+0.2 s, and every 10 s anyway), and a scrape answers the sum of its own totals and the other
+workers' files. Files of processes gone (removed then), or not written for a minute, are left
+out: a worker that restarts starts again from zero, which Prometheus reads as a counter reset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from modelyard.metrics.series import LATENCY_BOUNDS_MS, N_BUCKETS
+
+log = logging.getLogger("modelyard.gateway")
+
+#: A variant's slot of counts (``Gateway._slot``): [invocations, 4xx, 5xx, cold starts, cold-start
+#: ms, latency sum ms, latency max ms, *latency buckets (metrics/series.py)]
+LATENCY_SUM = 5
+LATENCY_MAX = 6
+LATENCY_BUCKETS = 7
+SLOT_SIZE = LATENCY_BUCKETS + N_BUCKETS
+#: counts per endpoint and variant, a slot each
+Counts = dict[str, dict[str, list[float]]]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+#: the workers' files, in the run directory
+FOLDER = "gateway-metrics"
+SAVE_EVERY_S = 0.2
+REFRESH_S = 10.0
+STALE_S = 60.0
+_LE = [f"{bound / 1000.0:g}" for bound in LATENCY_BOUNDS_MS] + ["+Inf"]
+
+
+def merge_counts(into: Counts, counts: Counts) -> None:
+    """Add ``counts`` to ``into``, slot by slot (the latency max is a max)."""
+    for endpoint, variants in counts.items():
+        mine = into.setdefault(endpoint, {})
+        for variant, values in variants.items():
+            slot = mine.get(variant)
+            if slot is None:
+                mine[variant] = list(values)
+                continue
+            for i, value in enumerate(values[: len(slot)]):
+                slot[i] = max(slot[i], value) if i == LATENCY_MAX else slot[i] + value
+
+
+class GatewayTotals:
+    """One gateway worker's counts since it started; ``folder`` (None with a single worker)
+    is where the workers share them."""
+
+    def __init__(
+        self,
+        folder: Path | None = None,
+        *,
+        pid: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.folder = folder
+        self.pid = pid or os.getpid()
+        self.clock = clock
+        self.counts: Counts = {}
+        self._changed = False
+        self._saved_at = 0.0
+        self._saved_busy: dict[str, int] = {}
+
+    def add(self, counts: Counts) -> None:
+        if counts:
+            merge_counts(self.counts, counts)
+            self._changed = True
+
+    def save(self, busy: dict[str, int]) -> None:
+        """Write this worker's totals and requests in progress for the others to read (atomic:
+        a scrape never reads half a file)."""
+        if self.folder is None:
+            return
+        now = self.clock()
+        changed = self._changed or busy != self._saved_busy
+        since = now - self._saved_at
+        if since < REFRESH_S and not (changed and since >= SAVE_EVERY_S):
+            return
+        path = self.folder / f"{self.pid}.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"counts": self.counts, "busy": busy}))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not save the gateway's metrics for the other workers: %s", exc)
+            return
+        self._changed, self._saved_at, self._saved_busy = False, now, dict(busy)
+
+    def close(self) -> None:
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                (self.folder / f"{self.pid}.json").unlink()
+
+    def gathered(self, busy: dict[str, int]) -> tuple[Counts, dict[str, int]]:
+        """The totals and requests in progress of every live worker: this one's (``busy`` now)
+        and the others' files."""
+        counts: Counts = {}
+        merge_counts(counts, self.counts)
+        busy = dict(busy)
+        for theirs, their_busy in self._others():
+            merge_counts(counts, theirs)
+            for name, n in their_busy.items():
+                busy[name] = busy.get(name, 0) + n
+        return counts, busy
+
+    def _others(self) -> Iterator[tuple[Counts, dict[str, int]]]:
+        if self.folder is None:
+            return
+        now = self.clock()
+        for path in self.folder.glob("*.json"):
+            if not path.stem.isdigit() or int(path.stem) == self.pid:
+                continue
+            try:
+                if not psutil.pid_exists(int(path.stem)):
+                    path.unlink()  # a worker gone for good: its counts went with it
+                    continue
+                if now - path.stat().st_mtime > STALE_S:
+                    continue
+                data = json.loads(path.read_text())
+                yield data["counts"], data["busy"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # gone, or being replaced: the next scrape reads it
+
+    def scrape(self, busy: dict[str, int]) -> bytes:
+        """The Prometheus text of every live worker's totals (``busy``: this worker's requests
+        in progress per routed endpoint)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Snapshot(*self.gathered(busy)))
+        return generate_latest(registry)
+
+
+class _Snapshot(Collector):
+    def __init__(self, counts: Counts, busy: dict[str, int]) -> None:
+        self.counts = counts
+        self.busy = busy
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["endpoint", "variant"]
+        requests = CounterMetricFamily(
+            "modelyard_gateway_requests",
+            "Invocations answered by the gateway, by status class",
+            labels=[*labels, "code"],
+        )
+        duration = HistogramMetricFamily(
+            "modelyard_gateway_request_duration_seconds",
+            "Time from an invocation's arrival at the gateway to its answer",
+            labels=labels,
+        )
+        cold = CounterMetricFamily(
+            "modelyard_gateway_cold_starts",
+            "Serverless invocations held while a replica started",
+            labels=labels,
+        )
+        for endpoint, variants in sorted(self.counts.items()):
+            for variant, slot in sorted(variants.items()):
+                key = [endpoint, variant]
+                total, c4, c5 = slot[0], slot[1], slot[2]
+                requests.add_metric([*key, "2xx"], total - c4 - c5)
+                requests.add_metric([*key, "4xx"], c4)
+                requests.add_metric([*key, "5xx"], c5)
+                cold.add_metric(key, slot[3])
+                buckets, seen = [], 0.0
+                for le, n in zip(_LE, slot[LATENCY_BUCKETS:], strict=False):
+                    seen += n
+                    buckets.append((le, seen))
+                duration.add_metric(key, buckets, slot[LATENCY_SUM] / 1000.0)
+        in_progress = GaugeMetricFamily(
+            "modelyard_gateway_requests_in_progress",
+            "Invocations in progress at the gateway (serverless ones held for a replica included)",
+            labels=["endpoint"],
+        )
+        for endpoint, n in sorted(self.busy.items()):
+            in_progress.add_metric([endpoint], n)
+        yield from (requests, duration, cold, in_progress)
