@@ -110,12 +110,13 @@ def test_the_gateway_scrape_sums_both_workers(server: ServerProcess) -> None:
     def scrape() -> dict[tuple[str, str], float]:
         resp = httpx.get(f"{server.gateway_url}/metrics", trust_env=False)
         assert resp.status_code == 200, resp.text
-        return {
-            (s.name, s.labels.get("code") or s.labels.get("le", "")): s.value
-            for family in text_string_to_metric_families(resp.text)
-            for s in family.samples
-            if s.labels.get("endpoint") == "ep"
-        }
+        summed: dict[tuple[str, str], float] = {}  # over the workers (a series each)
+        for family in text_string_to_metric_families(resp.text):
+            for s in family.samples:
+                if s.labels.get("endpoint") == "ep":
+                    key = (s.name, s.labels.get("code") or s.labels.get("le", ""))
+                    summed[key] = summed.get(key, 0.0) + s.value
+        return summed
 
     requests = "modelyard_gateway_requests_total"
 

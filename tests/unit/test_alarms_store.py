@@ -259,3 +259,39 @@ def test_migration_0005_adds_alarms_to_a_store_at_0004(tmp_path: Path) -> None:
         assert alarms.list_alarms(store) == []
     finally:
         store.close()
+
+
+def test_each_period_is_judged_once_in_order_and_only_once_its_points_are_written(
+    store: Store,
+) -> None:
+    """The evaluator waits for the recorder (its watermark) and then judges every window it
+    has not judged yet, in order: a 10 s period that breached is never skipped."""
+    apply(store, alarm_doc())
+    watermark = [END - 10]  # [END - 10, END) is not written yet
+    evaluator = AlarmEvaluator(store, written_through=lambda: watermark[0])
+    invocations(store, END - 20, 1)  # quiet
+    assert evaluator.tick(END - 5) == 1  # INSUFFICIENT_DATA -> OK on [END - 20, END - 10)
+    assert evaluator.tick(END + 5) == 0  # its newest window is not written: nothing judged
+    invocations(store, END - 10, 9)  # the breach, written late
+    invocations(store, END, 1)  # and quiet again after it
+    watermark[0] = END + 10
+    assert evaluator.tick(END + 15) == 1  # both windows, in order: -> ALARM, then -> OK
+    history = alarms.alarm_history(store, "busy", 10)["items"]
+    assert [(h["old_state"], h["new_state"]) for h in history][:2] == [
+        ("ALARM", "OK"),
+        ("OK", "ALARM"),
+    ]
+    assert evaluator.tick(END + 16) == 0  # judged: not again
+
+
+def test_an_evaluation_of_a_deleted_alarm_does_not_land_on_a_namesake(store: Store) -> None:
+    apply(store, alarm_doc())
+    with store.tx() as repo:
+        old = repo.get_alarm("busy")
+        assert old is not None
+        repo.delete_alarm("busy")
+    apply(store, {**alarm_doc(), "spec": {**alarm_doc()["spec"], "threshold": 500}})
+    with store.tx() as repo:
+        assert not repo.record_evaluation(old, "ALARM", "from the old spec", END)
+        fresh = repo.get_alarm("busy")
+    assert fresh is not None and fresh.state == "INSUFFICIENT_DATA"

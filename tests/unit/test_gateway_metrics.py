@@ -31,12 +31,32 @@ def slot(ok: float, e4: float = 0, e5: float = 0, cold: float = 0, **latency: fl
 
 
 def samples(text: bytes | str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample, summed over the ``worker`` label (each worker is its own series)."""
     text = text.decode() if isinstance(text, bytes) else text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k != "worker"))
+            out[(s.name, labels)] = out.get((s.name, labels), 0.0) + s.value
+    return out
+
+
+def test_each_worker_is_a_series_of_its_own(tmp_path: Path) -> None:
+    """A sum over workers would go down when one exits, which Prometheus reads as a reset."""
+    folder = tmp_path / gm.FOLDER
+    me = gm.GatewayTotals(folder)
+    other = gm.GatewayTotals(folder, pid=os.getppid())  # a live process
+    me.add({"e": {"v": slot(3)}})
+    other.add({"e": {"v": slot(4)}})
+    other.save({})
+    text = me.scrape({}).decode()
+    by_worker = {
+        s.labels["worker"]: s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
+        if s.name == "modelyard_gateway_requests_total" and s.labels["code"] == "2xx"
     }
+    assert by_worker == {str(me.pid): 3, str(other.pid): 4}
 
 
 def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:

@@ -262,3 +262,17 @@ def test_requests_in_progress_are_summed_over_the_gateway_workers(store: Store) 
     assert (point.count, point.sum, point.max) == (4, 3 + 7 + 5 + 0, 7)
     (quiet,) = idle[SeriesKey("concurrent_requests", "idle", "", "")]
     assert (quiet.count, quiet.sum) == (4, 0)  # a routed endpoint with nothing in progress: 0
+
+
+def test_a_count_batch_sent_again_is_applied_once() -> None:
+    """A gateway sends a batch again when it did not get the answer (a timeout while the
+    control plane was applying it): each worker's batch number is applied once."""
+    from modelyard.controlplane.deps import SyncLedger
+
+    ledger = SyncLedger()
+    assert ledger.claim(101, 1)
+    assert not ledger.claim(101, 1)  # the same batch again
+    assert ledger.claim(202, 1)  # another worker's batch 1
+    assert ledger.claim(101, 2)
+    ledger.release(101, 2)  # the store failed: it was not applied
+    assert ledger.claim(101, 2)  # so the next try applies it

@@ -57,6 +57,10 @@ def notification(
     }
 
 
+#: windows judged in one go when the evaluator fell behind (more: only the newest is judged)
+MAX_CATCH_UP = 30
+
+
 class AlarmEvaluator:
     def __init__(
         self,
@@ -64,10 +68,16 @@ class AlarmEvaluator:
         *,
         clock: Callable[[], float] = time.time,
         settle_s: float = SETTLE_S,
+        written_through: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.settle_s = settle_s
+        #: the time before which every metric point is in the store (the recorder's); None:
+        #: trust ``settle_s`` alone
+        self.written_through = written_through
+        #: per alarm: ((its version, created_at), the end of the last window judged)
+        self._judged: dict[str, tuple[tuple[int, float], float]] = {}
         #: set to evaluate every alarm now (an alarm was applied)
         self.wake = threading.Event()
 
@@ -84,9 +94,39 @@ class AlarmEvaluator:
         return moved
 
     def evaluate(self, alarm: AlarmRecord, now: float) -> bool:
-        """Evaluate one alarm and record the result; whether it changed state."""
+        """Evaluate one alarm on every window that completed since it was last judged (in
+        order: no period is skipped), each only once the recorder has written all its points;
+        record each result. Whether it changed state."""
         spec = AlarmSpec.model_validate(alarm.spec)
-        start, end = window(spec, now, self.settle_s)
+        _, end = window(spec, now, self.settle_s)
+        if self.written_through is not None:
+            limit = self.written_through()
+            while end > limit:  # the newest window whose points are all in the store
+                end -= spec.period_s
+        judged = self._judged.get(alarm.name)
+        same = judged is not None and judged[0] == (alarm.version, alarm.created_at)
+        if same and judged is not None and judged[1] >= end:
+            return False  # nothing new to judge
+        ends = [end]
+        if same and judged is not None:
+            missed = round((end - judged[1]) / spec.period_s)
+            if 1 < missed <= MAX_CATCH_UP:
+                ends = [judged[1] + k * spec.period_s for k in range(1, missed + 1)]
+        moved = False
+        seen: AlarmRecord | None = alarm
+        for at in ends:
+            if seen is None:
+                break
+            moved |= self._judge(seen, spec, at, now)
+            with self.store.tx() as repo:
+                seen = repo.get_alarm(alarm.name)
+        self._judged[alarm.name] = ((alarm.version, alarm.created_at), end)
+        return moved
+
+    def _judge(self, alarm: AlarmRecord, spec: AlarmSpec, end: float, now: float) -> bool:
+        """Evaluate the window ending at ``end`` and record the result as of ``now``."""
+        as_of = end + self.settle_s  # the time at which that window is the newest complete one
+        start, _ = window(spec, as_of, self.settle_s)
         with self.store.tx() as repo:
             series = repo.metric_points(
                 spec.dimensions.endpoint,
@@ -96,7 +136,7 @@ class AlarmEvaluator:
                 variant=spec.dimensions.variant,
             )
         points = [point for points in series.values() for point in points]
-        result = evaluate(spec, points, now, alarm.state, self.settle_s)
+        result = evaluate(spec, points, as_of, alarm.state, self.settle_s)
         with self.store.tx() as repo:
             moved = repo.record_evaluation(alarm, result.state, result.reason, now)
             if moved:

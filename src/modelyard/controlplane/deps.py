@@ -16,6 +16,34 @@ from modelyard.errors import AuthError
 from modelyard.metrics.recorder import Recorder
 
 
+class SyncLedger:
+    """The count batches each gateway worker sent that were applied, so that a batch sent again
+    (its answer lost: a timeout, a failed reply) is applied once. Kept in memory: a control
+    plane that restarts may apply the batch it applied just before once more."""
+
+    KEEP = 20_000  # numbers below a worker's newest minus this are forgotten
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._applied: dict[int, set[int]] = {}
+
+    def claim(self, worker: int, seq: int) -> bool:
+        """Whether this batch is new (it is then counted as applied; :meth:`release` if not)."""
+        with self._lock:
+            seen = self._applied.setdefault(worker, set())
+            if seq in seen:
+                return False
+            seen.add(seq)
+            if len(seen) > 2 * self.KEEP:
+                floor = max(seen) - self.KEEP
+                self._applied[worker] = {n for n in seen if n > floor}
+            return True
+
+    def release(self, worker: int, seq: int) -> None:
+        with self._lock:
+            self._applied.get(worker, set()).discard(seq)
+
+
 @dataclass
 class Context:
     store: Store
@@ -27,6 +55,8 @@ class Context:
     wake_transforms: threading.Event = field(default_factory=threading.Event)
     #: wakes the alarm evaluator (an alarm was applied: evaluate it now)
     wake_alarms: threading.Event = field(default_factory=threading.Event)
+    #: the gateways' count batches already applied
+    ledger: SyncLedger = field(default_factory=SyncLedger)
     #: where the gateways' reports go as metric points (None: not kept)
     recorder: Recorder | None = None
     clock: Callable[[], float] = time.time

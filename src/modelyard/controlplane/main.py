@@ -49,7 +49,7 @@ def main() -> None:
         retention_s=settings.metrics_retention_s,
         rollup_retention_s=settings.metrics_rollup_retention_s,
     )
-    evaluator = AlarmEvaluator(store)
+    evaluator = AlarmEvaluator(store, written_through=recorder.written_through)
     ctx = Context(
         store=store,
         token=token,

@@ -32,7 +32,7 @@ from modelyard.dataplane.gateway_metrics import LATENCY_BUCKETS, LATENCY_MAX, SL
 from modelyard.dataplane.http import Answer, BodyIncomplete, BodyTooLarge, Headers, Request
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
 from modelyard.dataplane.upstream import BundlesUnsupported, Pool, UpstreamError, Upstreams
-from modelyard.metrics.series import LATENCY_BOUNDS_MS
+from modelyard.metrics.series import LATENCY_BOUNDS_MS, RESOLUTION_S
 
 log = logging.getLogger("modelyard.gateway")
 
@@ -44,6 +44,10 @@ _BUNDLE_MAX_BODY = 64 * 1024
 _FORWARDED = (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID)
 #: While a request is held for a replica that is starting, the routing table is read this often.
 _HOLD_SYNC_S = 0.02
+#: count batches kept while the control plane is away (4 a second: about 40 minutes), and sent
+#: in one sync
+_MAX_UNSENT = 10_000
+_BATCHES_A_SYNC = 200
 #: The gateway writes an uploaded async payload in pieces of about this size.
 _UPLOAD_CHUNK = 1024 * 1024
 _INFERENCE_ID = re.compile(rb"^[\x21-\x7e]{1,64}$")
@@ -89,7 +93,10 @@ class Gateway:
         self.routes: dict[str, EndpointRoute] = {}
         self.counts: gm.Counts = {}
         #: counts the control plane did not get (it was away): sent with the next sync
-        self._unsent: gm.Counts = {}
+        #: counts not yet acknowledged by the control plane, a batch a sync, each with its
+        #: number (the control plane applies a number once) and its 10 s interval
+        self._unsent: list[dict[str, Any]] = []
+        self._batch_seq = 0
         #: what ``GET /metrics`` answers (shared through files by several workers)
         self.totals = gm.GatewayTotals(routes_file.parent / gm.FOLDER if workers > 1 else None)
         #: requests in progress per endpoint (sampled at each sync: concurrent_requests)
@@ -134,9 +141,15 @@ class Gateway:
             number = self._syncs_started
             counts, self.counts = self.counts, {}
             self.totals.add(counts)  # once, whether or not the control plane gets them now
-            if self._unsent:
-                gm.merge_counts(self._unsent, counts)
-                counts, self._unsent = self._unsent, {}
+            if counts:
+                now = time.time()
+                self._batch_seq += 1
+                self._unsent.append(
+                    {"seq": self._batch_seq, "at": now - now % RESOLUTION_S, "counts": counts}
+                )
+                if len(self._unsent) > _MAX_UNSENT:  # a long outage: the oldest go
+                    del self._unsent[: len(self._unsent) - _MAX_UNSENT]
+            batches = self._unsent[:_BATCHES_A_SYNC]
             active = [name for name, n in self.inflight.items() if n > 0]
             busy = {name: n for name, n in self.busy.items() if name in self.routes}
             self.totals.save(busy)
@@ -144,7 +157,7 @@ class Gateway:
                 async with self._session.post(
                     url,
                     json={
-                        "counts": counts,
+                        "batches": batches,
                         "active": active,
                         "busy": busy,
                         "worker": os.getpid(),
@@ -155,6 +168,7 @@ class Gateway:
                     if resp.status != 200:
                         raise aiohttp.ClientError(f"sync answered {resp.status}")
                     table = (await resp.json())["routes"]
+                del self._unsent[: len(batches)]  # acknowledged
                 if table != last_table:
                     self.routes = build_routes(table, self.routes, self.workers)
                     self.upstreams.retain(
@@ -168,7 +182,8 @@ class Gateway:
                     self._save_routes(table)
                     last_table = table
             except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
-                self._unsent = counts  # for the next try
+                # The batches stay, numbered, for the next try: one the control plane did apply
+                # (its answer lost) is not applied twice.
                 log.debug("control plane unreachable, serving the last routing table: %s", exc)
             async with self._sync_cond:
                 self._syncs_done = number

@@ -116,19 +116,19 @@ class GatewayTotals:
             with contextlib.suppress(OSError):
                 (self.folder / f"{self.pid}.json").unlink()
 
-    def gathered(self, busy: dict[str, int]) -> tuple[Counts, dict[str, int]]:
-        """The totals and requests in progress of every live worker: this one's (``busy`` now)
-        and the others' files."""
-        counts: Counts = {}
-        merge_counts(counts, self.counts)
+    def gathered(self, busy: dict[str, int]) -> tuple[dict[int, Counts], dict[str, int]]:
+        """The totals of every live worker, by pid (each its own series: a worker that exits
+        takes its series with it, and a sum over workers never goes down, which Prometheus
+        would read as a reset), and their requests in progress summed (``busy``: this one's)."""
+        counts: dict[int, Counts] = {self.pid: self.counts}
         busy = dict(busy)
-        for theirs, their_busy in self._others():
-            merge_counts(counts, theirs)
+        for pid, theirs, their_busy in self._others():
+            counts[pid] = theirs
             for name, n in their_busy.items():
                 busy[name] = busy.get(name, 0) + n
         return counts, busy
 
-    def _others(self) -> Iterator[tuple[Counts, dict[str, int]]]:
+    def _others(self) -> Iterator[tuple[int, Counts, dict[str, int]]]:
         if self.folder is None:
             return
         now = self.clock()
@@ -142,7 +142,7 @@ class GatewayTotals:
                 if now - path.stat().st_mtime > STALE_S:
                     continue
                 data = json.loads(path.read_text())
-                yield data["counts"], data["busy"]
+                yield int(path.stem), data["counts"], data["busy"]
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # gone, or being replaced: the next scrape reads it
 
@@ -155,12 +155,12 @@ class GatewayTotals:
 
 
 class _Snapshot(Collector):
-    def __init__(self, counts: Counts, busy: dict[str, int]) -> None:
+    def __init__(self, counts: dict[int, Counts], busy: dict[str, int]) -> None:
         self.counts = counts
         self.busy = busy
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["endpoint", "variant"]
+        labels = ["endpoint", "variant", "worker"]
         requests = CounterMetricFamily(
             "modelyard_gateway_requests",
             "Invocations answered by the gateway, by status class",
@@ -176,19 +176,23 @@ class _Snapshot(Collector):
             "Serverless invocations held while a replica started",
             labels=labels,
         )
-        for endpoint, variants in sorted(self.counts.items()):
-            for variant, slot in sorted(variants.items()):
-                key = [endpoint, variant]
-                total, c4, c5 = slot[0], slot[1], slot[2]
-                requests.add_metric([*key, "2xx"], total - c4 - c5)
-                requests.add_metric([*key, "4xx"], c4)
-                requests.add_metric([*key, "5xx"], c5)
-                cold.add_metric(key, slot[3])
-                buckets, seen = [], 0.0
-                for le, n in zip(_LE, slot[LATENCY_BUCKETS:], strict=False):
-                    seen += n
-                    buckets.append((le, seen))
-                duration.add_metric(key, buckets, slot[LATENCY_SUM] / 1000.0)
+        for endpoint, variant, worker, slot in sorted(
+            (endpoint, variant, str(pid), slot)
+            for pid, counts in self.counts.items()
+            for endpoint, variants in counts.items()
+            for variant, slot in variants.items()
+        ):
+            key = [endpoint, variant, worker]
+            total, c4, c5 = slot[0], slot[1], slot[2]
+            requests.add_metric([*key, "2xx"], total - c4 - c5)
+            requests.add_metric([*key, "4xx"], c4)
+            requests.add_metric([*key, "5xx"], c5)
+            cold.add_metric(key, slot[3])
+            buckets, seen = [], 0.0
+            for le, n in zip(_LE, slot[LATENCY_BUCKETS:], strict=False):
+                seen += n
+                buckets.append((le, seen))
+            duration.add_metric(key, buckets, slot[LATENCY_SUM] / 1000.0)
         in_progress = GaugeMetricFamily(
             "modelyard_gateway_requests_in_progress",
             "Invocations in progress at the gateway (serverless ones held for a replica included)",

@@ -125,6 +125,16 @@ class Recorder:
             total = sum(c.get(endpoint, 0) for c in live)
             self.gauge("concurrent_requests", endpoint, "", total, now)
 
+    def written_through(self) -> float:
+        """A time before which every interval is in the store: the start of the oldest interval
+        still held here (what alarms may judge; counts sent late, after a control-plane outage,
+        reopen an old interval and hold this back until written)."""
+        now = self.clock()
+        with self._lock:
+            held = min((at for _, at in self._open), default=None)
+        current = now - now % RESOLUTION_S
+        return current if held is None else min(held, current)
+
     # writing ---------------------------------------------------------------------------------
     def flush(self, now: float, everything: bool = False) -> int:
         """Write the intervals that have closed (all of them with ``everything``). When the
@@ -211,11 +221,19 @@ class Recorder:
             cpu = max(0.0, 100.0 * (cpu_s - before[0]) / (now - before[1]))
         return cpu, rss / (1024 * 1024)
 
-    def roll_up(self, now: float) -> None:
-        with self.store.tx() as repo:
-            while repo.roll_up_metrics(now - self.retention_s, RESOLUTION_S, ROLLUP_S) > 0:
-                pass
-            repo.purge_metrics(ROLLUP_S, now - self.rollup_retention_s)
+    def roll_up(self, now: float, budget_s: float = 1.0) -> bool:
+        """Roll up whole minutes older than the retention, a batch a transaction (the recorder's
+        writes, and the store's other writers, wait at most one batch), for about ``budget_s``;
+        whether it is all done (else the next loop goes on)."""
+        cutoff = now - self.retention_s
+        cutoff -= cutoff % ROLLUP_S  # whole minutes: never a minute half rolled up
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            with self.store.tx() as repo:
+                if not repo.roll_up_metrics(cutoff, RESOLUTION_S, ROLLUP_S, limit=2000):
+                    repo.purge_metrics(ROLLUP_S, now - self.rollup_retention_s)
+                    return True
+        return False
 
     # the loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -226,9 +244,8 @@ class Recorder:
                 if now >= next_sample:
                     self.sample(now)
                     next_sample = now - now % RESOLUTION_S + RESOLUTION_S
-                self.flush(now)
-                if now - self._rolled_up_at >= ROLLUP_EVERY_S:
-                    self.roll_up(now)
+                self.flush(now)  # first: points due are never held back by a roll-up
+                if now - self._rolled_up_at >= ROLLUP_EVERY_S and self.roll_up(now):
                     self._rolled_up_at = now
             except Exception:  # a passing store error: try again next second
                 log.exception("metrics: recording failed")

@@ -34,6 +34,8 @@ KIND_STATISTICS: dict[str, tuple[str, ...]] = {
 ENDPOINT_METRICS = ("concurrent_requests", "async_backlog", "async_oldest_age_s")
 #: the most an alarm looks back (period_s × evaluation_periods): one day, all at full resolution
 MAX_WINDOW_S = 86400
+#: the shortest 10 s retention a server may have (modelyard server --metrics-retention 1)
+MIN_RETENTION_S = 3600
 
 
 class AlarmDimensionsSpec(_Spec):
@@ -150,6 +152,12 @@ class AlarmSpec(_Spec):
             raise ValueError(
                 f"evaluation_periods × period_s is how far back the alarm looks: at most "
                 f"{MAX_WINDOW_S} s (one day), got {value} × {period} s"
+            )
+        if period is not None and value * period > MIN_RETENTION_S and period % 60:
+            raise ValueError(
+                f"a window over {MIN_RETENTION_S} s may reach metrics rolled up to 1-minute "
+                f"points (--metrics-retention can be 1 h): period_s must then be a multiple of "
+                f"60, got {period}"
             )
         return value
 

@@ -119,6 +119,7 @@ class AlarmQueries:
                 AlarmRow.name == seen.name,
                 AlarmRow.version == seen.version,
                 AlarmRow.state == seen.state,
+                AlarmRow.webhook_secret == seen.webhook_secret,  # not a namesake made since
             )
             .values(**values)
             .execution_options(synchronize_session=False)

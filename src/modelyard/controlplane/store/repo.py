@@ -23,6 +23,7 @@ from modelyard.controlplane.store.rows import (
     CounterRow,
     EndpointRow,
     EventRow,
+    MetricPointRow,
     ModelRow,
     NotificationRow,
     ReplicaRow,
@@ -280,6 +281,7 @@ class Repo(MetricQueries, AlarmQueries):
             self.s.execute(delete(table).where(table.endpoint == name))
         self.s.execute(delete(EventRow).where(EventRow.endpoint == name))
         self.s.execute(delete(CounterRow).where(CounterRow.endpoint == name))
+        self.s.execute(delete(MetricPointRow).where(MetricPointRow.endpoint == name))
         self.s.execute(delete(AsyncInvocationRow).where(AsyncInvocationRow.endpoint == name))
         # Webhooks still to deliver outlive the endpoint (they carry their secret).
         self.s.execute(

@@ -228,6 +228,7 @@ class MetricPointRow(Base):
     __tablename__ = "metric_points"
     __table_args__ = (
         Index("ix_metric_points_endpoint_resolution_at", "endpoint", "resolution", "at"),
+        Index("ix_metric_points_endpoint_metric_at", "endpoint", "metric", "at"),
     )
 
     metric: Mapped[str] = mapped_column(String(48), primary_key=True)

@@ -33,8 +33,12 @@ def upgrade() -> None:
         "metric_points",
         ["endpoint", "resolution", "at"],
     )
+    op.create_index(
+        "ix_metric_points_endpoint_metric_at", "metric_points", ["endpoint", "metric", "at"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_metric_points_endpoint_metric_at", "metric_points")
     op.drop_index("ix_metric_points_endpoint_resolution_at", "metric_points")
     op.drop_table("metric_points")
