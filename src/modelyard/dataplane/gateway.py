@@ -18,7 +18,6 @@ import os
 import re
 import time
 import uuid
-from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,9 @@ from modelyard import inbox, storage
 from modelyard.dataplane import bundle
 from modelyard.dataplane import gateway_metrics as gm
 from modelyard.dataplane import sagemaker as sm
-from modelyard.dataplane.gateway_metrics import LATENCY_BUCKETS, LATENCY_MAX, SLOT_SIZE
 from modelyard.dataplane.http import Answer, BodyIncomplete, BodyTooLarge, Headers, Request
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
 from modelyard.dataplane.upstream import BundlesUnsupported, Pool, UpstreamError, Upstreams
-from modelyard.metrics.series import LATENCY_BOUNDS_MS, RESOLUTION_S
 
 log = logging.getLogger("modelyard.gateway")
 
@@ -44,10 +41,6 @@ _BUNDLE_MAX_BODY = 64 * 1024
 _FORWARDED = (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID)
 #: While a request is held for a replica that is starting, the routing table is read this often.
 _HOLD_SYNC_S = 0.02
-#: count batches kept while the control plane is away (4 a second: about 40 minutes), and sent
-#: in one sync
-_MAX_UNSENT = 10_000
-_BATCHES_A_SYNC = 200
 #: The gateway writes an uploaded async payload in pieces of about this size.
 _UPLOAD_CHUNK = 1024 * 1024
 _INFERENCE_ID = re.compile(rb"^[\x21-\x7e]{1,64}$")
@@ -93,10 +86,8 @@ class Gateway:
         self.routes: dict[str, EndpointRoute] = {}
         self.counts: gm.Counts = {}
         #: counts the control plane did not get (it was away): sent with the next sync
-        #: counts not yet acknowledged by the control plane, a batch a sync, each with its
-        #: number (the control plane applies a number once) and its 10 s interval
-        self._unsent: list[dict[str, Any]] = []
-        self._batch_seq = 0
+        #: counts not yet acknowledged by the control plane
+        self.batches = gm.CountBatches()
         #: what ``GET /metrics`` answers (shared through files by several workers)
         self.totals = gm.GatewayTotals(routes_file.parent / gm.FOLDER if workers > 1 else None)
         #: requests in progress per endpoint (sampled at each sync: concurrent_requests)
@@ -141,15 +132,8 @@ class Gateway:
             number = self._syncs_started
             counts, self.counts = self.counts, {}
             self.totals.add(counts)  # once, whether or not the control plane gets them now
-            if counts:
-                now = time.time()
-                self._batch_seq += 1
-                self._unsent.append(
-                    {"seq": self._batch_seq, "at": now - now % RESOLUTION_S, "counts": counts}
-                )
-                if len(self._unsent) > _MAX_UNSENT:  # a long outage: the oldest go
-                    del self._unsent[: len(self._unsent) - _MAX_UNSENT]
-            batches = self._unsent[:_BATCHES_A_SYNC]
+            self.batches.add(counts, time.time())
+            batches = self.batches.pending()
             active = [name for name, n in self.inflight.items() if n > 0]
             busy = {name: n for name, n in self.busy.items() if name in self.routes}
             self.totals.save(busy)
@@ -168,7 +152,7 @@ class Gateway:
                     if resp.status != 200:
                         raise aiohttp.ClientError(f"sync answered {resp.status}")
                     table = (await resp.json())["routes"]
-                del self._unsent[: len(batches)]  # acknowledged
+                self.batches.acknowledged(len(batches))
                 if table != last_table:
                     self.routes = build_routes(table, self.routes, self.workers)
                     self.upstreams.retain(
@@ -214,33 +198,6 @@ class Gateway:
             os.replace(tmp, self.routes_file)
         except OSError as exc:
             log.warning("could not save the routing table: %s", exc)
-
-    def _slot(self, endpoint: str, variant: str) -> list[float]:
-        """The counts of one variant since the last sync: [invocations, 4xx, 5xx, cold starts,
-        cold-start ms, latency sum ms, latency max ms, *latency buckets] (metrics/series.py)."""
-        by_variant = self.counts.get(endpoint)
-        if by_variant is None:
-            by_variant = self.counts[endpoint] = {}
-        slot = by_variant.get(variant)
-        if slot is None:  # (setdefault would build a dict and a list on every request)
-            slot = by_variant[variant] = [0.0] * SLOT_SIZE
-        return slot
-
-    def _count(
-        self, endpoint: str, variant: str, status: int, started: float | None = None
-    ) -> None:
-        slot = self._slot(endpoint, variant)
-        slot[0] += 1
-        if 400 <= status < 500:
-            slot[1] += 1
-        elif status >= 500:
-            slot[2] += 1
-        if started is not None:
-            ms = (time.perf_counter() - started) * 1000.0
-            slot[5] += ms
-            if ms > slot[LATENCY_MAX]:
-                slot[LATENCY_MAX] = ms
-            slot[LATENCY_BUCKETS + bisect_left(LATENCY_BOUNDS_MS, ms)] += 1
 
     # requests --------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Answer:
@@ -334,9 +291,9 @@ class Gateway:
                 )
         except GatewayError as exc:
             if name in self.routes:
-                self._count(name, variant_name or "-", exc.status, started)
+                gm.count(self.counts, name, variant_name or "-", exc.status, started)
             return exc.status, _error_headers(exc.error_type), exc.body
-        self._count(name, variant_name, answer[0], started)
+        gm.count(self.counts, name, variant_name, answer[0], started)
         return answer
 
     async def _invoke_serverless(
@@ -380,9 +337,9 @@ class Gateway:
             finally:
                 self.inflight[name] -= 1
         except GatewayError as exc:
-            self._count(name, variant_name, exc.status, started)
+            gm.count(self.counts, name, variant_name, exc.status, started)
             return exc.status, _error_headers(exc.error_type), exc.body
-        self._count(name, variant_name, answer[0], started)
+        gm.count(self.counts, name, variant_name, answer[0], started)
         return answer
 
     async def _hold(
@@ -400,7 +357,7 @@ class Gateway:
                 if request.client_gone:
                     raise _fail(499, sm.VALIDATION, "the client closed the connection")
                 if variant is not None and variant.replicas:
-                    slot = self._slot(name, variant_name)
+                    slot = gm.slot(self.counts, name, variant_name)
                     slot[3] += 1
                     slot[4] += (time.monotonic() - started) * 1000.0
                     return variant
@@ -446,10 +403,10 @@ class Gateway:
                 self.inflight[name] -= 1
         except GatewayError as exc:
             if name in self.routes:
-                self._count(name, "-", exc.status)
+                gm.count(self.counts, name, "-", exc.status)
             return exc.status, _error_headers(exc.error_type), exc.body
         variant = next(iter(route.variants))
-        self._count(name, variant, 202)
+        gm.count(self.counts, name, variant, 202)
         output = storage.join(route.locations["output"], f"{entry['id']}.out")
         failure = storage.join(route.locations["failure"], f"{entry['id']}.error")
         out = [

@@ -18,8 +18,10 @@ import json
 import logging
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -31,7 +33,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from modelyard.metrics.series import LATENCY_BOUNDS_MS, N_BUCKETS
+from modelyard.metrics.series import LATENCY_BOUNDS_MS, N_BUCKETS, RESOLUTION_S
 
 log = logging.getLogger("modelyard.gateway")
 
@@ -64,6 +66,67 @@ def merge_counts(into: Counts, counts: Counts) -> None:
                 continue
             for i, value in enumerate(values[: len(slot)]):
                 slot[i] = max(slot[i], value) if i == LATENCY_MAX else slot[i] + value
+
+
+def slot(counts: Counts, endpoint: str, variant: str) -> list[float]:
+    """The counts of one variant since the last sync: [invocations, 4xx, 5xx, cold starts,
+    cold-start ms, latency sum ms, latency max ms, *latency buckets] (metrics/series.py)."""
+    by_variant = counts.get(endpoint)
+    if by_variant is None:
+        by_variant = counts[endpoint] = {}
+    found = by_variant.get(variant)
+    if found is None:  # (setdefault would build a dict and a list on every request)
+        found = by_variant[variant] = [0.0] * SLOT_SIZE
+    return found
+
+
+def count(
+    counts: Counts, endpoint: str, variant: str, status: int, started: float | None = None
+) -> None:
+    """One answered request (the hot path: a few additions); ``started``: its perf_counter at
+    arrival, for its latency."""
+    found = slot(counts, endpoint, variant)
+    found[0] += 1
+    if 400 <= status < 500:
+        found[1] += 1
+    elif status >= 500:
+        found[2] += 1
+    if started is not None:
+        ms = (time.perf_counter() - started) * 1000.0
+        found[5] += ms
+        if ms > found[LATENCY_MAX]:
+            found[LATENCY_MAX] = ms
+        found[LATENCY_BUCKETS + bisect_left(LATENCY_BOUNDS_MS, ms)] += 1
+
+
+class CountBatches:
+    """The counts a gateway worker has not had acknowledged by the control plane: a batch a
+    sync, each with its number (the control plane applies a number once: a batch sent again
+    after a lost answer is not counted twice) and the 10 s interval it was counted in (so counts
+    kept through an outage land in their own intervals)."""
+
+    #: kept while the control plane is away (4 a second: about 40 minutes), and sent at once
+    KEEP = 10_000
+    PER_SYNC = 200
+
+    def __init__(self) -> None:
+        self._unsent: list[dict[str, Any]] = []
+        self._seq = 0
+
+    def add(self, counts: Counts, now: float) -> None:
+        if not counts:
+            return
+        self._seq += 1
+        self._unsent.append({"seq": self._seq, "at": now - now % RESOLUTION_S, "counts": counts})
+        if len(self._unsent) > self.KEEP:  # a long outage: the oldest go
+            del self._unsent[: len(self._unsent) - self.KEEP]
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The oldest batches, to send as they are (never merged: one may have been applied)."""
+        return self._unsent[: self.PER_SYNC]
+
+    def acknowledged(self, count: int) -> None:
+        del self._unsent[:count]
 
 
 class GatewayTotals:
