@@ -44,6 +44,9 @@ class ServerSettings:
     metrics_retention_s: float = 24 * 3600.0
     #: the 1 min points are kept this long
     metrics_rollup_retention_s: float = 14 * 24 * 3600.0
+    #: how often the autoscaler decides, and the seconds of metrics target tracking averages
+    autoscale_interval_s: float = 10.0
+    autoscale_window_s: float = 60.0
     drain_delay_s: float = 1.5
     stop_grace_s: float = 30.0
     restart_backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)

@@ -633,3 +633,35 @@ def test_a_stopping_async_replica_may_finish_its_requests_before_it_is_killed() 
     realtime = revision(1)
     actions = plan(ep, {1: realtime}, [stopping], {"r1": RUNNING}, 100.0, CFG)
     assert actions == [Signal("r1", "kill")]
+
+
+# -- autoscaled capacity -----------------------------------------------------------------------
+
+
+def test_an_autoscaled_variant_runs_its_capacity_instead_of_instance_count() -> None:
+    rev = revision(1, variant("blue", count=2), variant("green", count=2))
+    reps = [replica("r1", variant="blue"), replica("r2", variant="blue")]
+    reps += [replica("g1", variant="green"), replica("g2", variant="green")]
+    ep = endpoint(active=1)
+    observed = {r.id: READY for r in reps}
+    actions = plan(ep, {1: rev}, reps, observed, 10.0, CFG, Activity(), {"blue": 4, "green": 1})
+    assert actions == [StartNew(1, "blue"), StartNew(1, "blue"), Stop("g1")]
+
+
+@pytest.mark.parametrize(
+    ("capacity", "backlog", "last_request_at", "wanted"),
+    [
+        (3, 5, None, 3),  # work queued: the autoscaled capacity
+        (0, 5, None, 1),  # capacity 0 with work queued: still one replica
+        (0, 0, 995.0, 0),  # capacity 0 and an empty queue: none, even before the idle timeout
+        (2, 0, 900.0, 0),  # idle: to zero as before
+    ],
+)
+def test_async_runs_its_autoscaled_capacity_while_it_has_work(
+    capacity: int, backlog: int, last_request_at: float | None, wanted: int
+) -> None:
+    rev = typed_revision("async", count=1)
+    ep = endpoint(active=1)
+    activity = Activity(last_request_at, backlog)
+    actions = plan(ep, {1: rev}, [], {}, 1000.0, CFG, activity, {"v": capacity})
+    assert actions == [StartNew(1, "v")] * wanted

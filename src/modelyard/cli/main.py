@@ -113,6 +113,14 @@ def server(
             "(kept 14 days)",
         ),
     ] = 24.0,
+    autoscale_interval: Annotated[
+        float,
+        typer.Option(min=1, hidden=True, help="Seconds between autoscaling decisions"),
+    ] = 10.0,
+    autoscale_window: Annotated[
+        float,
+        typer.Option(min=10, hidden=True, help="Seconds of metrics that target tracking averages"),
+    ] = 60.0,
 ) -> None:
     """Start the control plane and the gateway; Ctrl-C stops everything."""
     from modelyard.server import Supervisor
@@ -129,6 +137,8 @@ def server(
         require_invoke_token=require_invoke_token,
         invocation_timeout_s=invocation_timeout,
         metrics_retention_s=metrics_retention * 3600.0,
+        autoscale_interval_s=autoscale_interval,
+        autoscale_window_s=autoscale_window,
     )
     raise typer.Exit(Supervisor(settings, echo=lambda line: out.print(line, markup=False)).run())
 
@@ -137,7 +147,10 @@ def _progress_printer() -> Any:
     last: dict[str, str] = {}
 
     def show(view: dict[str, Any]) -> None:
-        total = sum(v["instance_count"] for v in view["variants"])
+        total = sum(
+            (v.get("autoscaling_status") or {}).get("capacity", v["instance_count"])
+            for v in view["variants"]
+        )
         ready = sum(
             1
             for v in view["variants"]

@@ -144,11 +144,18 @@ def describe_endpoint(view: dict[str, Any]) -> None:
             if batching
             else ""
         )
+        auto, st = v.get("autoscaling"), v.get("autoscaling_status")
+        count = f"{v['instance_count']} instance(s)"
+        if auto and st:
+            count = f"capacity {st['capacity']} (autoscaling {st['min']}..{st['max']})"
         out.print(
-            f"    {v['name']}: model {v['model']}, {v['instance_count']} instance(s), "
+            f"    {v['name']}: model {v['model']}, {count}, "
             f"weight {v['weight']:g}{batches}, invocations {v['invocations']}",
             markup=False,
         )
+        if auto:
+            for line in autoscaling_lines(auto):
+                out.print(f"      {line}", markup=False)
         for r in v["replicas"]:
             line = (
                 f"      {r['id']}  {r['state']:<8} rev {r['revision']}  pid {r['pid'] or '-'}  "
@@ -163,10 +170,41 @@ def describe_endpoint(view: dict[str, Any]) -> None:
     for rev in view["revisions"]:
         msg = f" — {rev['message']}" if rev["message"] else ""
         out.print(f"    {rev['number']}: {rev['state']}{msg}", markup=False)
+    if view.get("scaling_activities"):
+        out.print("  Scaling activities:")
+        for act in view["scaling_activities"]:
+            stamp = time.strftime("%H:%M:%S", time.localtime(act["at"]))
+            out.print(
+                f"    {stamp}  {act['variant']}: {act['from']} -> {act['to']}  {act['cause']}",
+                markup=False,
+            )
     out.print("  Events:")
     for event in view["events"]:
         stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
         out.print(f"    {stamp}  {event['message']}", markup=False)
+
+
+def autoscaling_lines(auto: dict[str, Any]) -> list[str]:
+    """A variant's autoscaling spec in words, one line each policy and scheduled action."""
+    lines = []
+    for policy in auto.get("policies") or []:
+        if policy.get("target_tracking"):
+            tt = policy["target_tracking"]
+            lines.append(f"target tracking: {tt['metric']} at {tt['target']:g}")
+        elif policy.get("step"):
+            step = policy["step"]
+            steps = ", ".join(
+                f"[{'-inf' if a['lower'] is None else format(a['lower'], 'g')}, "
+                f"{'inf' if a['upper'] is None else format(a['upper'], 'g')}): {a['change']:+d}"
+                for a in step["adjustments"]
+            )
+            lines.append(f"step on alarm {step['alarm']} ({step['adjustment_type']}): {steps}")
+    for action in auto.get("scheduled") or []:
+        sets = [f"{k} {action[k]}" for k in ("min", "max") if action.get(k) is not None]
+        lines.append(f"scheduled {action['cron']!r} ({action['timezone']}): {', '.join(sets)}")
+    scale_in = "disabled" if auto.get("disable_scale_in") else f"{auto['scale_in_cooldown_s']} s"
+    lines.append(f"cooldowns: scale-out {auto['scale_out_cooldown_s']} s, scale-in {scale_in}")
+    return lines
 
 
 def async_table(items: list[dict[str, Any]]) -> None:

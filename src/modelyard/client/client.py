@@ -141,6 +141,17 @@ class Client:
     def describe_endpoint(self, name: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/api/v1/endpoints/{name}"))
 
+    def scaling_activities(
+        self, name: str, *, limit: int = 100, variant: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The endpoint's scaling activities, newest first: each ``{at, variant, from, to,
+        cause, details}`` (a change of bounds by a scheduled action has ``from == to``)."""
+        params: dict[str, Any] = {"limit": limit}
+        if variant is not None:
+            params["variant"] = variant
+        path = f"/api/v1/endpoints/{name}/scaling-activities"
+        return list(self._call("GET", path, params=params)["items"])
+
     def rollback_endpoint(self, name: str, revision: int) -> dict[str, Any]:
         """Roll out revision ``revision`` again (as a new revision); returns what happened."""
         return dict(

@@ -11,6 +11,7 @@ import uvicorn
 from modelyard import inbox
 from modelyard.alarms.evaluator import AlarmEvaluator
 from modelyard.controlplane.app import create_app
+from modelyard.controlplane.autoscale.autoscaler import Autoscaler
 from modelyard.controlplane.deps import Context
 from modelyard.controlplane.reconcile.asyncq import AsyncQueue, Notifier
 from modelyard.controlplane.reconcile.endpoints import EndpointController
@@ -50,6 +51,12 @@ def main() -> None:
         rollup_retention_s=settings.metrics_rollup_retention_s,
     )
     evaluator = AlarmEvaluator(store, written_through=recorder.written_through)
+    autoscaler = Autoscaler(
+        store,
+        interval_s=settings.autoscale_interval_s,
+        window_s=settings.autoscale_window_s,
+        wake_controller=controller.wake,
+    )
     ctx = Context(
         store=store,
         token=token,
@@ -74,6 +81,7 @@ def main() -> None:
     threading.Thread(target=transforms.run, args=(stop, 1.0), daemon=True).start()
     threading.Thread(target=recorder.run, args=(stop,), daemon=True).start()
     threading.Thread(target=evaluator.run, args=(stop,), daemon=True).start()
+    threading.Thread(target=autoscaler.run, args=(stop,), daemon=True).start()
     threading.Thread(target=watch_parent, args=(stop,), daemon=True).start()
 
     config = uvicorn.Config(

@@ -11,6 +11,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from modelyard.spec.alarms import AlarmActionsSpec, AlarmDimensionsSpec, AlarmSpec
+from modelyard.spec.autoscaling import (
+    AutoscalingSpec,
+    PolicySpec,
+    ScheduledActionSpec,
+    StepAdjustmentSpec,
+    StepScalingSpec,
+    TargetTrackingSpec,
+)
 from modelyard.spec.resources import (
     AsyncSpec,
     BatchingSpec,
@@ -46,6 +54,12 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Variant (`spec.variants[]`)", VariantSpec, ""),
     ("`resources`", ResourcesSpec, ""),
     ("`batching`", BatchingSpec, ""),
+    ("`autoscaling`", AutoscalingSpec, ""),
+    ("`autoscaling.policies[]`", PolicySpec, ""),
+    ("`target_tracking`", TargetTrackingSpec, ""),
+    ("`step`", StepScalingSpec, ""),
+    ("`step.adjustments[]`", StepAdjustmentSpec, ""),
+    ("`autoscaling.scheduled[]`", ScheduledActionSpec, ""),
     ("`serverless` (type `serverless`)", ServerlessSpec, ""),
     ("`async` (type `async`)", AsyncSpec, ""),
     ("`async.notifications`", NotificationsSpec, ""),
@@ -130,6 +144,14 @@ def render() -> str:
         "  gets its defaults when absent); an async endpoint has exactly one variant; a",
         "  serverless endpoint sizes memory with `serverless.memory_mb`, not",
         "  `resources.memory_mb`; `provisioned_concurrency` is at most `max_concurrency`.",
+        "- `autoscaling` is not for serverless endpoints (they scale by themselves); its `min`",
+        "  (and a scheduled action's) is at least 1 except on async endpoints, `max` at least",
+        "  `min` (also with a scheduled action's bounds in force); `async_backlog_per_instance` is",
+        "  for async endpoints. A policy is one of `target_tracking` or `step`; a step policy's",
+        "  `alarm` names an Alarm that exists (or is applied in the same file); its steps' ranges",
+        "  `[lower, upper)` may not overlap, and with `exact_capacity` each `change` is 0-64. A",
+        "  scheduled action sets `min`, `max` or both, with a five-field `cron` read in an IANA",
+        "  `timezone`.",
         "- A TransformJob's `model` names a Model that exists (or is applied in the same file);",
         "  jobs are immutable: the same name with another spec is refused (409).",
         "- `input.content_type: application/json` and `application/x-npy` are one document per",

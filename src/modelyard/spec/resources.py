@@ -5,9 +5,18 @@ from __future__ import annotations
 import posixpath
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from modelyard.spec.alarms import AlarmDocument
+from modelyard.spec.autoscaling import AutoscalingSpec, field_error
 from modelyard.spec.base import Name, _Spec
 
 # Runtimes known to the schema. Each maps to a plugin in modelyard.runtimes; the schema names them
@@ -97,8 +106,8 @@ class VariantSpec(_Spec):
         default=1,
         ge=1,
         le=64,
-        description="replicas to run (serverless: while it has traffic; async: while its queue "
-        "has work)",
+        description="replicas to run (with autoscaling: the initial capacity; serverless: while "
+        "it has traffic; async: while its queue has work)",
     )
     weight: float = Field(default=1.0, ge=0, description="share of traffic, relative to the others")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="per replica")
@@ -108,6 +117,11 @@ class VariantSpec(_Spec):
     batching: BatchingSpec | None = Field(
         default=None,
         description="adaptive batching in the replica (runtimes that can batch); off when absent",
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None,
+        description="replicas between min and max, moved by policies and schedules; "
+        "instance_count is then the initial capacity (absent: always instance_count)",
     )
 
 
@@ -259,13 +273,19 @@ class EndpointSpec(_Spec):
 
     @field_validator("variants")
     @classmethod
-    def _variants(cls, variants: list[VariantSpec]) -> list[VariantSpec]:
+    def _variants(cls, variants: list[VariantSpec], info: ValidationInfo) -> list[VariantSpec]:
         names = [v.name for v in variants]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"variant names must be unique; repeated: {', '.join(dupes)}")
         if sum(v.weight for v in variants) <= 0:
             raise ValueError("at least one variant needs a weight above 0")
+        kind = info.data.get("type", "realtime")
+        for i, variant in enumerate(variants):
+            problem = variant.autoscaling.problem_for(kind) if variant.autoscaling else None
+            if problem is not None:
+                where, rule = problem
+                raise field_error((i, "autoscaling", *where), rule)
         return variants
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from modelyard.controlplane.autoscale.autoscaler import planned_capacities
 from modelyard.controlplane.reconcile.plan import (
     Action,
     Activity,
@@ -123,10 +124,13 @@ class EndpointController:
                 return
             revisions = {r.number: r for r in repo.list_revisions(name)}
             replicas = repo.list_replicas(name)
+            records = {c.variant: c for c in repo.list_capacities(name)}
+        target = revisions.get(endpoint.target_revision)
+        capacity = planned_capacities(target.spec, records) if target else {}
         observed = {rep.id: self._observe(rep) for rep in replicas}
         activity = Activity(endpoint.last_request_at, backlog)
         now = self.clock()
-        actions = plan(endpoint, revisions, replicas, observed, now, self.cfg, activity)
+        actions = plan(endpoint, revisions, replicas, observed, now, self.cfg, activity, capacity)
         waiting = (
             serverless
             and endpoint.last_request_at is not None

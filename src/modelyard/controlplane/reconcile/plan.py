@@ -14,11 +14,12 @@ ready replicas; replicas of other revisions that run the same model, variant and
 carried over instead of restarted.
 
 How many replicas a variant wants depends on the endpoint type (:func:`wanted_replicas`):
-real-time variants run ``instance_count``; serverless ones run it while requests come and keep
-only their provisioned concurrency after ``idle_timeout_s`` without one (zero by default); async
-ones run it while their queue has work and none after ``idle_timeout_s`` with an empty queue. A
-revision being rolled out always starts at least one replica per variant, so a model that cannot
-load fails the apply instead of the first request.
+real-time variants run ``instance_count``, or with autoscaling the capacity the autoscaler set
+(controlplane/autoscale/); serverless ones run it while requests come and keep only their
+provisioned concurrency after ``idle_timeout_s`` without one (zero by default); async ones run it
+(or their autoscaled capacity, at least one) while their queue has work and none after
+``idle_timeout_s`` with an empty queue. A revision being rolled out always starts at least one
+replica per variant, so a model that cannot load fails the apply instead of the first request.
 """
 
 from __future__ import annotations
@@ -172,9 +173,11 @@ def wanted_replicas(
     activity: Activity,
     now: float,
     promoting: bool,
+    capacity: int | None = None,
 ) -> int:
-    """How many replicas ``variant`` of the endpoint spec ``spec`` wants now."""
-    count = int(variant["instance_count"])
+    """How many replicas ``variant`` of the endpoint spec ``spec`` wants now; ``capacity`` is
+    the autoscaled capacity of the variant (None: it has no autoscaling)."""
+    count = int(variant["instance_count"]) if capacity is None else capacity
     kind = spec.get("type", "realtime")
     if kind == "realtime":
         return count
@@ -187,9 +190,9 @@ def wanted_replicas(
         if busy:
             return max(count, provisioned)
         return max(1, provisioned) if promoting else provisioned
-    # async
+    # async (an autoscaled capacity may be 0: work in the queue still gets a replica)
     if promoting or activity.backlog > 0:
-        return count
+        return max(1, count)
     return count if now - since < float(spec["async"]["idle_timeout_s"]) else 0
 
 
@@ -292,8 +295,12 @@ def plan(
     now: float,
     cfg: PlanSettings,
     activity: Activity = Activity(),
+    capacity: Mapping[str, int] | None = None,
 ) -> list[Action]:
+    """The actions for this tick. ``capacity``: the autoscaled variants' capacities (the others
+    run ``instance_count``)."""
     actions: list[Action] = []
+    capacity = capacity or {}
     target = revisions[endpoint.target_revision]
     variants = {v["name"]: v for v in target.spec["variants"]}
 
@@ -381,7 +388,9 @@ def plan(
         plans[name] = (own, carried)
 
     wanted = {
-        name: wanted_replicas(endpoint, target.spec, v, activity, now, promoting)
+        name: wanted_replicas(
+            endpoint, target.spec, v, activity, now, promoting, capacity.get(name)
+        )
         for name, v in variants.items()
     }
     all_ready = True

@@ -90,6 +90,19 @@ def endpoint_metrics(
 
 
 @router.get(
+    "/endpoints/{name}/scaling-activities",
+    summary="An endpoint's scaling activities (capacity and bounds changes), newest first",
+)
+def scaling_activities(
+    ctx: Ctx,
+    name: str,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    variant: Annotated[str | None, Query(description="one variant only")] = None,
+) -> dict[str, Any]:
+    return {"items": endpoints.scaling_activities(ctx.store, name, limit, variant)}
+
+
+@router.get(
     "/endpoints/{name}/async-invocations",
     summary="Requests of an async endpoint, newest first",
 )

@@ -13,7 +13,7 @@ from modelyard.errors import ConflictError, MissingDependencyError, NotFoundErro
 from modelyard.runtimes.registry import check_installed
 from modelyard.spec import Document, EndpointDocument, ModelDocument, ModelSpec, dump_spec
 from modelyard.spec.alarms import AlarmDocument
-from modelyard.spec.resources import TransformJobDocument
+from modelyard.spec.resources import TransformJobDocument, VariantSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +109,20 @@ def rollback_endpoint(store: Store, name: str, to_revision: int, now: float) -> 
         return Applied("Endpoint", name, "updated", number)
 
 
+def _check_step_alarms(repo: Repo, variant: VariantSpec, batch: set[str], field: str) -> None:
+    """A step policy's alarm exists, or comes in the same batch."""
+    policies = variant.autoscaling.policies if variant.autoscaling else []
+    for k, policy in enumerate(policies):
+        if policy.step is None:
+            continue
+        name = policy.step.alarm
+        if name not in batch and repo.get_alarm(name) is None:
+            raise SpecError(
+                f"no Alarm named {name!r}; apply it first or in the same file",
+                f"{field}.autoscaling.policies[{k}].step.alarm",
+            )
+
+
 def apply_documents(store: Store, docs: list[Document], now: float) -> list[Applied]:
     """Validate every document against the store, then write them in one transaction."""
     for i, doc in enumerate(docs):
@@ -117,12 +131,14 @@ def apply_documents(store: Store, docs: list[Document], now: float) -> list[Appl
         elif isinstance(doc, TransformJobDocument) and not transforms.already_recorded(store, doc):
             transforms.check_job(doc, f"documents[{i}].spec")
     batch_models = {d.name: d.spec for d in docs if isinstance(d, ModelDocument)}
+    batch_alarms = {d.name for d in docs if isinstance(d, AlarmDocument)}
     results: list[Applied] = []
     with store.tx() as repo:
         for i, doc in enumerate(docs):
             if isinstance(doc, EndpointDocument):
                 for j, variant in enumerate(doc.spec.variants):
                     field = f"documents[{i}].spec.variants[{j}]"
+                    _check_step_alarms(repo, variant, batch_alarms, field)
                     runtime = None
                     if variant.model in batch_models:
                         runtime = batch_models[variant.model].runtime

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelyard.controlplane.autoscale.autoscaler import planned_capacities
 from modelyard.controlplane.reconcile import asyncq
 from modelyard.controlplane.reconcile.endpoints import tail_lines
+from modelyard.controlplane.store.autoscale_queries import CapacityRecord, ScalingActivityRecord
 from modelyard.controlplane.store.repo import CounterRecord, EndpointRecord, Repo, Store
 from modelyard.errors import NotFoundError
 
@@ -53,6 +55,9 @@ def list_endpoints(store: Store) -> list[dict[str, Any]]:
         return [_summary(repo, e) for e in repo.list_endpoints()]
 
 
+#: scaling activities shown by describe (the API lists more)
+ACTIVITIES_SHOWN = 20
+
 # A routing-table read that began this long after an endpoint's last change surely saw it.
 ROUTES_MARGIN_S = 0.1
 
@@ -80,13 +85,23 @@ def describe_endpoint(
         revisions = repo.list_revisions(name)
         backlog = repo.backlog().get(name)
         totals = repo.async_totals(name)
+        records = {c.variant: c for c in repo.list_capacities(name)}
+        activities = repo.list_scaling_activities(name, limit=ACTIVITIES_SHOWN)
     assert revision is not None
+    capacities = planned_capacities(revision.spec, records)
     variants = []
     for v in revision.spec["variants"]:
         reps = [r for r in replicas if r.variant == v["name"]]
+        status = {}
+        if v["name"] in capacities:
+            record = records.get(v["name"])
+            status["autoscaling_status"] = _autoscaling_status(
+                capacities[v["name"]], record, v["autoscaling"]
+            )
         variants.append(
             {
                 **v,
+                **status,
                 **counts.get(v["name"], {"invocations": 0, "errors_4xx": 0, "errors_5xx": 0}),
                 "replicas": [
                     {
@@ -132,6 +147,7 @@ def describe_endpoint(
                 for r in revisions
             ],
             "events": [{"at": e.at, "message": e.message} for e in events],
+            "scaling_activities": [_activity(a) for a in reversed(activities)],
         }
     )
     if failed_logs:
@@ -163,6 +179,42 @@ def describe_endpoint(
         }
         view["async_url"] = f"{gateway_url}/endpoints/{name}/async-invocations"
     return view
+
+
+def _autoscaling_status(
+    capacity: int, record: CapacityRecord | None, config: dict[str, Any]
+) -> dict[str, Any]:
+    """A variant's autoscaling now: its capacity and the bounds in force (the spec's until the
+    autoscaler has taken up this autoscaling spec)."""
+    fresh = record if record is not None and record.config == config else None
+    return {
+        "capacity": capacity,
+        "min": fresh.min if fresh else config["min"],
+        "max": fresh.max if fresh else config["max"],
+        "scheduled_at": fresh.scheduled_at if fresh else None,
+        "last_scaling_at": fresh.last_scaling_at if fresh else None,
+    }
+
+
+def _activity(a: ScalingActivityRecord) -> dict[str, Any]:
+    return {
+        "at": a.at,
+        "variant": a.variant,
+        "from": a.from_capacity,
+        "to": a.to_capacity,
+        "cause": a.cause,
+        "details": a.details,
+    }
+
+
+def scaling_activities(
+    store: Store, name: str, limit: int = 100, variant: str | None = None
+) -> list[dict[str, Any]]:
+    """An endpoint's scaling activities, newest first."""
+    with store.tx() as repo:
+        if repo.get_endpoint(name) is None:
+            raise NotFoundError(f"no endpoint named {name!r}")
+        return [_activity(a) for a in repo.list_scaling_activities(name, limit, variant)]
 
 
 def delete_endpoint(store: Store, name: str, now: float) -> None:

@@ -277,3 +277,45 @@ class AlarmTransitionRow(Base):
     old_state: Mapped[str] = mapped_column(String(24))
     new_state: Mapped[str] = mapped_column(String(24))
     reason: Mapped[str] = mapped_column(Text)
+
+
+class VariantCapacityRow(Base):
+    """A variant's autoscaled capacity (see controlplane/autoscale/): the replicas the endpoint
+    plan runs instead of ``instance_count`` while ``config`` is the variant's autoscaling spec.
+    Written by the autoscaler only; kept across revisions that keep the variant and its
+    autoscaling spec."""
+
+    __tablename__ = "variant_capacities"
+
+    endpoint: Mapped[str] = mapped_column(String(63), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    #: the variant's autoscaling spec this capacity belongs to (another one resets it)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    capacity: Mapped[int] = mapped_column(Integer)
+    #: the bounds in force (the spec's, or the latest scheduled action's)
+    min: Mapped[int] = mapped_column(Integer)
+    max: Mapped[int] = mapped_column(Integer)
+    #: when ``config`` took effect: scheduled actions count from then on
+    configured_at: Mapped[float] = mapped_column(Float)
+    #: when the scheduled action in force fired (None: the spec's bounds)
+    scheduled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_scale_out_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_scaling_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ScalingActivityRow(Base):
+    """One change of a variant's capacity or bounds, and why."""
+
+    __tablename__ = "scaling_activities"
+    __table_args__ = (Index("ix_scaling_activities_endpoint_id", "endpoint", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(63))
+    variant: Mapped[str] = mapped_column(String(63))
+    at: Mapped[float] = mapped_column(Float)
+    from_capacity: Mapped[int] = mapped_column(Integer)
+    to_capacity: Mapped[int] = mapped_column(Integer)
+    cause: Mapped[str] = mapped_column(Text)
+    #: what the decision saw: each policy's metric value and vote, bounds, cooldowns
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
