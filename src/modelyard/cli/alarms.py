@@ -5,11 +5,11 @@ Alarms are created and changed with ``modelyard apply -f`` (kind: Alarm)."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from modelyard.cli.options import Output, StateDir, Url
 from modelyard.cli.output import Format, age, dump, out, table
 from modelyard.client import Client
 
@@ -18,18 +18,6 @@ app = typer.Typer(
     "Create or change them with `modelyard apply -f` (kind: Alarm).",
     no_args_is_help=True,
 )
-
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        envvar="MODELYARD_STATE_DIR",
-        help="Server state directory",
-        show_default="./.modelyard",
-    ),
-]
-Url = Annotated[str | None, typer.Option("--url", envvar="MODELYARD_URL", help="Control-plane URL")]
-Output = Annotated[Format, typer.Option("-o", "--output", help="Output format")]
 
 
 def _watched(view: dict[str, Any]) -> str:

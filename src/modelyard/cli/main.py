@@ -13,6 +13,7 @@ from modelyard import __version__
 from modelyard.cli import alarms as alarms_cli
 from modelyard.cli import metrics as metrics_table
 from modelyard.cli import output
+from modelyard.cli.options import Output, StateDir, Url
 from modelyard.cli.output import Format, dump, err, out
 from modelyard.client import Client
 from modelyard.client.client import read_documents
@@ -26,17 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        envvar="MODELYARD_STATE_DIR",
-        help="Server state directory",
-        show_default="./.modelyard",
-    ),
-]
-Url = Annotated[str | None, typer.Option("--url", envvar="MODELYARD_URL", help="Control-plane URL")]
-Output = Annotated[Format, typer.Option("-o", "--output", help="Output format")]
 KIND_ALIASES = {
     "model": "model",
     "models": "model",
