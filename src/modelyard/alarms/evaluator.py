@@ -23,7 +23,7 @@ from typing import Any
 from modelyard.alarms.evaluate import SETTLE_S, Evaluation, evaluate, window
 from modelyard.controlplane.store.alarm_queries import AlarmRecord
 from modelyard.controlplane.store.repo import Repo, Store
-from modelyard.metrics.series import RESOLUTION_S
+from modelyard.metrics.series import RESOLUTION_S, Point
 from modelyard.spec.alarms import AlarmSpec
 
 log = logging.getLogger("modelyard.alarms")
@@ -55,6 +55,19 @@ def notification(
         "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
         "timestamp": now,
     }
+
+
+def alarm_points(store: Store, spec: AlarmSpec, start: float, end: float) -> list[Point]:
+    """The points of every series an alarm watches in ``[start, end)`` (what it merges)."""
+    with store.tx() as repo:
+        series = repo.metric_points(
+            spec.dimensions.endpoint,
+            start,
+            end,
+            metric=spec.metric,
+            variant=spec.dimensions.variant,
+        )
+    return [point for points in series.values() for point in points]
 
 
 #: windows judged in one go when the evaluator fell behind (more: only the newest is judged)
@@ -127,15 +140,7 @@ class AlarmEvaluator:
         """Evaluate the window ending at ``end`` and record the result as of ``now``."""
         as_of = end + self.settle_s  # the time at which that window is the newest complete one
         start, _ = window(spec, as_of, self.settle_s)
-        with self.store.tx() as repo:
-            series = repo.metric_points(
-                spec.dimensions.endpoint,
-                start,
-                end,
-                metric=spec.metric,
-                variant=spec.dimensions.variant,
-            )
-        points = [point for points in series.values() for point in points]
+        points = alarm_points(self.store, spec, start, end)
         result = evaluate(spec, points, as_of, alarm.state, self.settle_s)
         with self.store.tx() as repo:
             moved = repo.record_evaluation(alarm, result.state, result.reason, now)

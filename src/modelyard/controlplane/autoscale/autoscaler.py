@@ -29,7 +29,7 @@ from typing import Any
 
 from modelyard.alarms.evaluate import SETTLE_S
 from modelyard.alarms.evaluate import window as alarm_window
-from modelyard.alarms.evaluator import next_tick
+from modelyard.alarms.evaluator import alarm_points, next_tick
 from modelyard.controlplane.autoscale import schedule
 from modelyard.controlplane.autoscale.decide import Readings, State, decide
 from modelyard.controlplane.autoscale.readings import (
@@ -168,15 +168,7 @@ class Autoscaler:
                 continue
             alarm_spec = AlarmSpec.model_validate(alarm.spec)
             start, end = alarm_window(alarm_spec, now)
-            with self.store.tx() as repo:
-                series = repo.metric_points(
-                    alarm_spec.dimensions.endpoint,
-                    start,
-                    end,
-                    metric=alarm_spec.metric,
-                    variant=alarm_spec.dimensions.variant,
-                )
-            points = [p for ps in series.values() for p in ps]
+            points = alarm_points(self.store, alarm_spec, start, end)
             out[alarm.name] = read_alarm(alarm_spec, alarm.state, points, now)
         return out
 
