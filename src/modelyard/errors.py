@@ -9,6 +9,7 @@
     │   ├── UnsupportedMediaError       unsupported_media   415
     │   ├── NotFoundError               not_found           404
     │   ├── ConflictError               conflict            409
+    │   │   └── RolloutInProgressError  rollout_in_progress 409   (carries the rollout's id)
     │   ├── PayloadTooLargeError        payload_too_large   413
     │   ├── AuthError                   unauthorized        401
     │   ├── ThrottledError              throttled           429   (over a concurrency cap)
@@ -82,6 +83,21 @@ class NotFoundError(UserError):
 class ConflictError(UserError):
     code = "conflict"
     http_status = 409
+
+
+class RolloutInProgressError(ConflictError):
+    """A change refused while a rollout runs; ``rollout`` is the running one's id."""
+
+    code = "rollout_in_progress"
+
+    def __init__(self, message: str, rollout: int | None = None) -> None:
+        super().__init__(message)
+        self.rollout = rollout
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = super().to_payload()
+        payload["error"]["rollout"] = self.rollout
+        return payload
 
 
 class PayloadTooLargeError(UserError):
@@ -165,6 +181,9 @@ def from_payload(payload: Any, status: int) -> ModelyardError:
         err = SpecError(message, None)
         err.field = field
         return err
+    if cls is RolloutInProgressError:
+        rollout = body.get("rollout")
+        return RolloutInProgressError(message, rollout if isinstance(rollout, int) else None)
     if cls is MissingDependencyError:
         missing = MissingDependencyError.__new__(MissingDependencyError)
         ModelyardError.__init__(missing, message)

@@ -18,6 +18,7 @@ from pydantic import (
 from modelyard.spec.alarms import AlarmDocument
 from modelyard.spec.autoscaling import AutoscalingSpec, field_error
 from modelyard.spec.base import Name, _Spec
+from modelyard.spec.deployment import DeploymentSpec, ShadowSpec
 
 # Runtimes known to the schema. Each maps to a plugin in modelyard.runtimes; the schema names them
 # here so that validating a spec never imports an ML framework.
@@ -258,6 +259,16 @@ class EndpointSpec(_Spec):
         alias="async",
         description="type async: result locations, concurrency, timeouts, notifications",
     )
+    deployment: DeploymentSpec | None = Field(
+        default=None,
+        description="how a change that replaces replicas rolls out (absent: blue/green, all at "
+        "once, as soon as the new fleet is ready)",
+    )
+    shadow: ShadowSpec | None = Field(
+        default=None,
+        description="type realtime: a variant that gets a copy of a share of the requests; its "
+        "answers are measured and compared, never returned",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -296,6 +307,29 @@ class EndpointSpec(_Spec):
             raise ValueError("async is only allowed with type: async")
         if self.type == "async" and len(self.variants) != 1:
             raise ValueError("an async endpoint has exactly one variant")
+        if self.deployment is not None and self.type != "realtime":
+            bg = self.deployment.blue_green
+            if self.deployment.rolling is not None or (
+                bg is not None and bg.traffic.type != "all_at_once"
+            ):
+                raise ValueError(
+                    f"a {self.type} endpoint rolls out all at once: traffic shifting and "
+                    "rolling updates need type: realtime"
+                )
+        if self.shadow is not None:
+            if self.type != "realtime":
+                raise ValueError("shadow variants need type: realtime")
+            if self.variant(self.shadow.variant) is None:
+                names = ", ".join(v.name for v in self.variants)
+                raise field_error(
+                    ("shadow", "variant"),
+                    f"no variant named {self.shadow.variant!r} (variants: {names})",
+                )
+            if not any(v.weight > 0 for v in self.production_variants()):
+                raise ValueError(
+                    "the shadow variant takes no production traffic: another variant needs a "
+                    "weight above 0"
+                )
         if self.type == "serverless":
             for v in self.variants:
                 if v.resources.memory_mb is not None:
@@ -307,6 +341,11 @@ class EndpointSpec(_Spec):
 
     def variant(self, name: str) -> VariantSpec | None:
         return next((v for v in self.variants if v.name == name), None)
+
+    def production_variants(self) -> list[VariantSpec]:
+        """The variants that answer requests (all but the shadow)."""
+        shadow = self.shadow.variant if self.shadow else None
+        return [v for v in self.variants if v.name != shadow]
 
 
 class ModelDocument(_Spec):

@@ -14,11 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelyard.controlplane.autoscale.autoscaler import planned_capacities
+from modelyard.controlplane.reconcile import rollout
 from modelyard.controlplane.reconcile.plan import (
+    NO_DIRECTIVES,
     Action,
     Activity,
     DeleteEndpoint,
     FailReplica,
+    FleetReady,
     Forget,
     KillOverMemory,
     MarkExited,
@@ -125,12 +128,17 @@ class EndpointController:
             revisions = {r.number: r for r in repo.list_revisions(name)}
             replicas = repo.list_replicas(name)
             records = {c.variant: c for c in repo.list_capacities(name)}
+            dep = repo.active_deployment(name)
         target = revisions.get(endpoint.target_revision)
         capacity = planned_capacities(target.spec, records) if target else {}
         observed = {rep.id: self._observe(rep) for rep in replicas}
         activity = Activity(endpoint.last_request_at, backlog)
         now = self.clock()
-        actions = plan(endpoint, revisions, replicas, observed, now, self.cfg, activity, capacity)
+        sizes = rollout.fleet_sizes(dep, revisions, records) if dep else rollout.Sizes()
+        directives = rollout.directives(dep, sizes) if dep else NO_DIRECTIVES
+        actions = plan(
+            endpoint, revisions, replicas, observed, now, self.cfg, activity, capacity, directives
+        )
         waiting = (
             serverless
             and endpoint.last_request_at is not None
@@ -146,6 +154,50 @@ class EndpointController:
         by_id = {r.id: r for r in replicas}
         for action in actions:
             self._apply(endpoint, by_id, action)
+        if dep is not None:
+            ready = any(isinstance(a, FleetReady) for a in actions)
+            self._advance(name, dep.id, ready, sizes)
+
+    def _advance(self, name: str, dep_id: int, fleet_ready: bool, sizes: rollout.Sizes) -> None:
+        """Move the endpoint's deployment on from what this tick found (reconcile/rollout.py)."""
+        now = self.clock()
+        with self.store.tx() as repo:
+            endpoint = repo.get_endpoint(name)
+            dep = repo.get_deployment(dep_id)
+            if endpoint is None or dep is None or not dep.active:
+                return
+            if endpoint.deleting:
+                repo.update_deployment_if(
+                    dep,
+                    now,
+                    "stopped: the endpoint is being deleted",
+                    status="Stopped",
+                    phase="",
+                    finished_at=now,
+                    reason="the endpoint was deleted",
+                )
+                return
+            rev = repo.get_revision(name, dep.to_revision)
+            policy = rollout.policy_of(dep)
+            alarms = {}
+            for alarm_name in policy.auto_rollback.alarms if policy.auto_rollback else []:
+                alarm = repo.get_alarm(alarm_name)
+                if alarm is not None:
+                    alarms[alarm_name] = (alarm.state, alarm.reason)
+        state = (rev.state, rev.message) if rev is not None else ("failed", "revision missing")
+        facts = rollout.Facts(now, endpoint, fleet_ready, state, alarms)
+        step = rollout.advance(dep, facts, sizes)
+        if step is None:
+            return
+        with self.store.tx() as repo:
+            if not repo.update_deployment_if(dep, now, step.note, **step.values):
+                return  # changed meanwhile (an abort): the next tick decides again
+            if step.endpoint:
+                repo.update_endpoint(name, now, **step.endpoint)
+            for number, rev_state, message in step.revisions:
+                repo.set_revision_state(name, number, rev_state, message)
+            repo.add_event(name, f"rollout {dep.id}: {step.note}", now)
+        self.wake.set()  # the plan acts on the new phase at once
 
     def _observe(self, rep: ReplicaRecord) -> Observation:
         proc = _proc(rep)

@@ -59,6 +59,37 @@ class PlanSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Directives:
+    """What a running deployment (reconcile/rollout.py) asks of this tick's plan.
+
+    ``hold_promotion``: the new revision is not promoted even once its fleet is ready (traffic
+    shifts first); ``updating``: the endpoint stays Updating (the deployment ends it);
+    ``target_counts``: replicas wanted per variant of the target revision, instead of its
+    capacity (a rolling batch); ``keep_others``: live replicas kept per (revision, variant) of
+    other revisions (the rest are drained); ``retain``: revisions whose replicas all keep running
+    (the old fleet while a promoted revision bakes); ``report_ready``: say :class:`FleetReady`
+    when the target's fleet is ready."""
+
+    hold_promotion: bool = False
+    report_ready: bool = False
+    updating: bool = False
+    target_counts: Mapping[str, int] | None = None
+    keep_others: Mapping[tuple[int, str], int] | None = None
+    retain: frozenset[int] = frozenset()
+
+
+NO_DIRECTIVES = Directives()
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReady:
+    """Every variant of the target revision has the replicas it wants, ready (not an action
+    on the world: what the deployment moves on)."""
+
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
 class MarkReady:
     replica_id: str
 
@@ -144,6 +175,7 @@ Action = (
     | Retag
     | SetEndpoint
     | DeleteEndpoint
+    | FleetReady
 )
 
 LIVE = ("starting", "ready", "crashed")
@@ -296,9 +328,10 @@ def plan(
     cfg: PlanSettings,
     activity: Activity = Activity(),
     capacity: Mapping[str, int] | None = None,
+    directives: Directives = NO_DIRECTIVES,
 ) -> list[Action]:
     """The actions for this tick. ``capacity``: the autoscaled variants' capacities (the others
-    run ``instance_count``)."""
+    run ``instance_count``); ``directives``: what a running deployment asks."""
     actions: list[Action] = []
     capacity = capacity or {}
     target = revisions[endpoint.target_revision]
@@ -356,7 +389,7 @@ def plan(
 
     # Crashed replicas of the target or the served revision come back after their backoff (the
     # served ones keep the endpoint's capacity during an update); others are forgotten.
-    keep_revisions = {target.number, endpoint.active_revision}
+    keep_revisions = {target.number, endpoint.active_revision, *directives.retain}
     for rep in replicas:
         if state[rep.id] != "crashed":
             continue
@@ -393,6 +426,8 @@ def plan(
         )
         for name, v in variants.items()
     }
+    if directives.target_counts is not None:
+        wanted.update({n: c for n, c in directives.target_counts.items() if n in wanted})
     all_ready = True
     for name, (own, carried) in plans.items():
         count = wanted[name]
@@ -407,22 +442,51 @@ def plan(
             extra = sorted(live, key=lambda r: state[r.id] == "ready")[: len(live) - count]
             actions += [Stop(r.id) for r in extra]
 
-    if promoting and all_ready:
-        return actions + _promote(endpoint, target, wanted, replicas, state, plans)
+    if all_ready and directives.report_ready:
+        actions.append(FleetReady(target.number))
+    kept = {r.id for own, carried in plans.values() for r in own + carried}
+    others = [r for r in replicas if r.id not in kept and r.revision not in directives.retain]
+    if promoting and all_ready and not directives.hold_promotion:
+        return actions + _promote(endpoint, target, wanted, replicas, state, plans, directives)
 
+    if directives.keep_others is not None:
+        actions += _trim_others(others, state, directives.keep_others, stop_unlisted=not promoting)
+    elif not promoting:
+        actions += [Stop(r.id) for r in others if state[r.id] in (*LIVE, "failed")]
     if not promoting:
-        kept = {r.id for own, carried in plans.values() for r in own + carried}
-        for rep in replicas:
-            if rep.id not in kept and state[rep.id] in (*LIVE, "failed"):
-                actions.append(Stop(rep.id))
-        if endpoint.status != "InService":
-            actions.append(SetEndpoint("InService", endpoint.message, target.number, target.number))
+        status = "Updating" if directives.updating else "InService"
+        if endpoint.status != status:
+            actions.append(SetEndpoint(status, endpoint.message, target.number, target.number))
     else:
         status = "Creating" if endpoint.active_revision is None else "Updating"
         if endpoint.status != status:
             actions.append(
                 SetEndpoint(status, "", endpoint.active_revision, endpoint.target_revision)
             )
+    return actions
+
+
+def _trim_others(
+    others: Sequence[ReplicaRecord],
+    state: Mapping[str, str],
+    keep: Mapping[tuple[int, str], int],
+    stop_unlisted: bool,
+) -> list[Action]:
+    """Stop the replicas of other revisions beyond ``keep`` per (revision, variant), those not
+    ready first; unlisted ones are stopped only with ``stop_unlisted``."""
+    actions: list[Action] = []
+    groups: dict[tuple[int, str], list[ReplicaRecord]] = {}
+    for rep in others:
+        if state[rep.id] in (*LIVE, "failed"):
+            groups.setdefault((rep.revision, rep.variant), []).append(rep)
+    for key, reps in groups.items():
+        if key not in keep:
+            if stop_unlisted:
+                actions += [Stop(r.id) for r in reps]
+            continue
+        reps.sort(key=lambda r: state[r.id] == "ready")  # not ready ones go first
+        extra = len(reps) - max(0, keep[key])
+        actions += [Stop(r.id) for r in reps[: max(0, extra)]]
     return actions
 
 
@@ -433,6 +497,7 @@ def _promote(
     replicas: Sequence[ReplicaRecord],
     state: Mapping[str, str],
     plans: Mapping[str, tuple[list[ReplicaRecord], list[ReplicaRecord]]],
+    directives: Directives = NO_DIRECTIVES,
 ) -> list[Action]:
     actions: list[Action] = []
     kept: set[str] = set()
@@ -445,12 +510,15 @@ def _promote(
             if rep.revision != target.number:
                 actions.append(Retag(rep.id, target.number))
     for rep in replicas:
-        if rep.id not in kept and state[rep.id] not in ("stopping", "gone"):
+        if rep.id in kept or rep.revision in directives.retain:
+            continue
+        if state[rep.id] not in ("stopping", "gone"):
             actions.append(Stop(rep.id))
     states: list[tuple[int, str, str]] = [(target.number, "active", "")]
     if endpoint.active_revision is not None:
         states.append((endpoint.active_revision, "retired", ""))
-    actions.append(SetEndpoint("InService", "", target.number, target.number, tuple(states)))
+    status = "Updating" if directives.updating else "InService"
+    actions.append(SetEndpoint(status, "", target.number, target.number, tuple(states)))
     return actions
 
 

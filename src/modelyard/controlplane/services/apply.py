@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard import storage
-from modelyard.controlplane.services import alarms, transforms
+from modelyard.controlplane.services import alarms, deployments, transforms
 from modelyard.controlplane.store.repo import EndpointRecord, Repo, Store
 from modelyard.errors import ConflictError, MissingDependencyError, NotFoundError, SpecError
 from modelyard.runtimes.registry import check_installed
@@ -55,7 +55,7 @@ def _models_of(repo: Repo, spec: dict[str, Any]) -> dict[str, Any]:
     return models
 
 
-def _new_revision(
+def new_revision(
     repo: Repo, endpoint: EndpointRecord, spec: dict[str, Any], models: dict[str, Any], now: float
 ) -> int:
     number = repo.latest_revision_number(endpoint.name) + 1
@@ -65,9 +65,9 @@ def _new_revision(
     return number
 
 
-def _revise(repo: Repo, name: str, spec: dict[str, Any], now: float) -> Applied:
+def _revise(repo: Repo, name: str, spec: dict[str, Any], now: float, by: str) -> Applied:
     """Record a new revision when the endpoint spec or one of its models changed (or when the
-    endpoint failed: applying again is how a user retries)."""
+    endpoint failed: applying again is how a user retries), and its deployment."""
     models = _models_of(repo, spec)
     endpoint = repo.get_endpoint(name)
     if endpoint is None:
@@ -75,6 +75,9 @@ def _revise(repo: Repo, name: str, spec: dict[str, Any], now: float) -> Applied:
         repo.add_revision(name, 1, spec, models, now)
         repo.update_endpoint(name, now, target_revision=1)
         repo.add_event(name, "created; revision 1", now)
+        created = repo.get_endpoint(name)
+        assert created is not None
+        deployments.record(repo, created, 1, now, by)
         return Applied("Endpoint", name, "created", 1)
     if endpoint.deleting:
         raise ConflictError(f"endpoint {name!r} is being deleted; apply again once it is gone")
@@ -82,12 +85,16 @@ def _revise(repo: Repo, name: str, spec: dict[str, Any], now: float) -> Applied:
     failed = endpoint.status == "Failed"
     if current and current.spec == spec and current.models == models and not failed:
         return Applied("Endpoint", name, "unchanged", endpoint.target_revision)
-    number = _new_revision(repo, endpoint, spec, models, now)
+    deployments.check_no_rollout(repo, name)
+    number = new_revision(repo, endpoint, spec, models, now)
     repo.add_event(name, f"updated; revision {number}", now)
+    deployments.record(repo, endpoint, number, now, by)
     return Applied("Endpoint", name, "updated", number)
 
 
-def rollback_endpoint(store: Store, name: str, to_revision: int, now: float) -> Applied:
+def rollback_endpoint(
+    store: Store, name: str, to_revision: int, now: float, by: str = ""
+) -> Applied:
     """Roll out an earlier revision again, as a new revision with the same endpoint spec and the
     same model specs it had (revisions are immutable; history only grows)."""
     with store.tx() as repo:
@@ -104,8 +111,10 @@ def rollback_endpoint(store: Store, name: str, to_revision: int, now: float) -> 
         same = current is not None and (current.spec, current.models) == (old.spec, old.models)
         if same and endpoint.status != "Failed":
             return Applied("Endpoint", name, "unchanged", endpoint.target_revision)
-        number = _new_revision(repo, endpoint, old.spec, old.models, now)
+        deployments.check_no_rollout(repo, name, "roll back")
+        number = new_revision(repo, endpoint, old.spec, old.models, now)
         repo.add_event(name, f"rolling back to revision {to_revision} as revision {number}", now)
+        deployments.record(repo, endpoint, number, now, by, f"rollback to revision {to_revision}")
         return Applied("Endpoint", name, "updated", number)
 
 
@@ -123,7 +132,20 @@ def _check_step_alarms(repo: Repo, variant: VariantSpec, batch: set[str], field:
             )
 
 
-def apply_documents(store: Store, docs: list[Document], now: float) -> list[Applied]:
+def _check_rollback_alarms(repo: Repo, doc: EndpointDocument, batch: set[str], field: str) -> None:
+    """The alarms a deployment watches exist, or come in the same batch."""
+    policy = doc.spec.deployment
+    if policy is None or policy.auto_rollback is None:
+        return
+    for k, name in enumerate(policy.auto_rollback.alarms):
+        if name not in batch and repo.get_alarm(name) is None:
+            raise SpecError(
+                f"no Alarm named {name!r}; apply it first or in the same file",
+                f"{field}.deployment.auto_rollback.alarms[{k}]",
+            )
+
+
+def apply_documents(store: Store, docs: list[Document], now: float, by: str = "") -> list[Applied]:
     """Validate every document against the store, then write them in one transaction."""
     for i, doc in enumerate(docs):
         if isinstance(doc, ModelDocument):
@@ -136,6 +158,7 @@ def apply_documents(store: Store, docs: list[Document], now: float) -> list[Appl
     with store.tx() as repo:
         for i, doc in enumerate(docs):
             if isinstance(doc, EndpointDocument):
+                _check_rollback_alarms(repo, doc, batch_alarms, f"documents[{i}].spec")
                 for j, variant in enumerate(doc.spec.variants):
                     field = f"documents[{i}].spec.variants[{j}]"
                     _check_step_alarms(repo, variant, batch_alarms, field)
@@ -170,14 +193,14 @@ def apply_documents(store: Store, docs: list[Document], now: float) -> list[Appl
         for doc in docs:
             if isinstance(doc, EndpointDocument):
                 batch_endpoints.add(doc.name)
-                results.append(_revise(repo, doc.name, dump_spec(doc.spec), now))
+                results.append(_revise(repo, doc.name, dump_spec(doc.spec), now, by))
         # Endpoints not in this batch that run a changed model roll out the new model too.
         for endpoint in repo.list_endpoints():
             if endpoint.name in batch_endpoints or endpoint.deleting:
                 continue
             rev = repo.get_revision(endpoint.name, endpoint.target_revision)
             if rev and changed_models & {v["model"] for v in rev.spec["variants"]}:
-                results.append(_revise(repo, endpoint.name, rev.spec, now))
+                results.append(_revise(repo, endpoint.name, rev.spec, now, by))
         # Transform jobs last: they may run a model of this batch (as it is now).
         for i, doc in enumerate(docs):
             if isinstance(doc, TransformJobDocument):

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from modelyard.controlplane.store.alarm_queries import AlarmQueries
 from modelyard.controlplane.store.autoscale_queries import AutoscaleQueries
 from modelyard.controlplane.store.db import make_engine, migrate, session_factory
+from modelyard.controlplane.store.deployment_queries import DeploymentQueries
 from modelyard.controlplane.store.metric_queries import MetricQueries
 from modelyard.controlplane.store.rows import (
     AsyncInvocationRow,
@@ -190,10 +191,10 @@ def _record(cls: type[Any], row: Any) -> Any:
     return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
 
-class Repo(MetricQueries, AlarmQueries, AutoscaleQueries):
+class Repo(MetricQueries, AlarmQueries, AutoscaleQueries, DeploymentQueries):
     """Queries and writes inside one transaction (metric points: store/metric_queries.py;
     alarms: store/alarm_queries.py; capacities and scaling activities:
-    store/autoscale_queries.py)."""
+    store/autoscale_queries.py; deployments: store/deployment_queries.py)."""
 
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -287,6 +288,7 @@ class Repo(MetricQueries, AlarmQueries, AutoscaleQueries):
         self.s.execute(delete(AsyncInvocationRow).where(AsyncInvocationRow.endpoint == name))
         self.delete_capacity(name)
         self.delete_scaling_activities(name)
+        self.delete_deployments(name)
         # Webhooks still to deliver outlive the endpoint (they carry their secret).
         self.s.execute(
             delete(NotificationRow).where(

@@ -319,3 +319,47 @@ class ScalingActivityRow(Base):
     cause: Mapped[str] = mapped_column(Text)
     #: what the decision saw: each policy's metric value and vote, bounds, cooldowns
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class DeploymentRow(Base):
+    """One rollout of a revision (see controlplane/reconcile/rollout.py): where it stands while
+    it runs, and who started it, what it changed and how it ended once it has."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (Index("ix_deployments_endpoint_id", "endpoint", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(63))
+    #: the revision served before (None: the endpoint's creation)
+    from_revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_revision: Mapped[int] = mapped_column(Integer)
+    #: create | immediate | blue_green | rolling
+    mode: Mapped[str] = mapped_column(String(16))
+    #: the endpoint's deployment spec (empty: the default)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: InProgress | Succeeded | RolledBack | Failed | Aborted | Stopped
+    status: Mapped[str] = mapped_column(String(16))
+    phase: Mapped[str] = mapped_column(String(24))
+    #: the green fleet's share of traffic after each step (set when traffic starts to move)
+    steps: Mapped[list[float]] = mapped_column(JSON)
+    step: Mapped[int] = mapped_column(Integer, default=-1)
+    #: the share of traffic sent to the new revision now (blue/green before promotion)
+    share: Mapped[float] = mapped_column(Float, default=0.0)
+    step_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: rolling back in batches: the share of the old capacity restored so far
+    restored: Mapped[float] = mapped_column(Float, default=0.0)
+    #: rolling back in batches: the share of the old capacity restored at once (1: all)
+    rollback_batch: Mapped[float] = mapped_column(Float, default=1.0)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+    #: who asked (the CLI sends the user's login name), and what changed
+    by: Mapped[str] = mapped_column(String(128), default="")
+    changes: Mapped[list[str]] = mapped_column(JSON)
+    #: why it ended as it did (or is rolling back); the alarm that rolled it back
+    reason: Mapped[str] = mapped_column(Text, default="")
+    alarm: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    #: who asked to abort it (the controller rolls it back at its next pass)
+    abort_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: what happened, step by step: [{"at", "message"}]
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
