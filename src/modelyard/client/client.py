@@ -8,6 +8,7 @@ says otherwise). ``MODELYARD_URL``, ``MODELYARD_GATEWAY_URL`` and ``MODELYARD_TO
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import time
@@ -56,6 +57,13 @@ def locate_server(state_dir: str | Path | None = None) -> tuple[str | None, str 
     return api, gateway, token
 
 
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "unknown"
+
+
 class Client:
     def __init__(
         self,
@@ -66,7 +74,10 @@ class Client:
         invoke_token: str | None = None,
         state_dir: str | Path | None = None,
         timeout_s: float = 70.0,
+        user: str | None = None,
     ) -> None:
+        """``user``: who the server records as the author of deployments (the login name by
+        default)."""
         found_api, found_gateway, found_token = locate_server(state_dir)
         api = url or found_api
         if not api:
@@ -82,6 +93,7 @@ class Client:
             folder = Path(state_dir or os.environ.get("MODELYARD_STATE_DIR") or DEFAULT_STATE_DIR)
             self.invoke_token = read_token(folder, INVOKE_TOKEN_FILE)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers["X-Modelyard-User"] = (user or _login_name())[:128]
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout_s, trust_env=False
         )

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from modelyard import __version__
 from modelyard.controlplane import metrics
 from modelyard.controlplane.deps import Context, context
-from modelyard.controlplane.routers import alarms, internal, resources
+from modelyard.controlplane.routers import alarms, deployments, internal, resources
 from modelyard.errors import ModelyardError
 
 
@@ -55,5 +55,6 @@ def create_app(ctx: Context) -> FastAPI:
 
     app.include_router(resources.router)
     app.include_router(alarms.router)
+    app.include_router(deployments.router)
     app.include_router(internal.router)
     return app

@@ -61,6 +61,9 @@ class EndpointRoute:
     locations: dict[str, str] | None = None
     #: async: prefixes requests may name in X-Amzn-SageMaker-InputLocation
     input_prefixes: list[str] = field(default_factory=list)
+    #: while a deployment shifts traffic: the new revision's variants, and their share of it
+    canary: EndpointRoute | None = None
+    canary_share: float = 0.0
     _cumulative: list[float] = field(default_factory=list)
     _order: list[VariantRoute] = field(default_factory=list)
 
@@ -72,8 +75,28 @@ class EndpointRoute:
                 self._cumulative.append(total)
                 self._order.append(variant)
 
+    def fleet(self, rand: Callable[[], float] = random.random) -> EndpointRoute:
+        """The revision a request goes to: the new one for its share while a deployment shifts
+        traffic, else the served one."""
+        canary = self.canary
+        if canary is not None and rand() < self.canary_share:
+            return canary
+        return self
+
+    def find_variant(self, name: str, fleet: EndpointRoute) -> VariantRoute | None:
+        """The variant named ``name`` (X-Amzn-SageMaker-Target-Variant), in ``fleet`` first."""
+        found = fleet.variants.get(name)
+        if found is None:
+            other = self.canary if fleet is self else self
+            found = other.variants.get(name) if other is not None else None
+        return found
+
     def choose_variant(self, rand: Callable[[], float] = random.random) -> VariantRoute | None:
-        """A variant picked in proportion to its weight."""
+        """A variant picked in proportion to its weight (of the revision :meth:`fleet` picks)."""
+        if self.canary is not None:
+            fleet = self.fleet(rand)
+            if fleet is not self:
+                return fleet.choose_variant(rand)
         if not self._order:
             return None
         point = rand() * self._cumulative[-1]
@@ -94,13 +117,27 @@ def build_routes(
         for up in variant.replicas
     }
     routes: dict[str, EndpointRoute] = {}
-    for name, entry in table.items():
+
+    def variants_of(entries: list[dict[str, Any]]) -> dict[str, VariantRoute]:
         variants = {}
-        for v in entry["variants"]:
-            ups = [known.get(addr) or Upstream(addr) for addr in v["replicas"]]
+        for v in entries:
+            ups = []
+            for addr in v["replicas"]:  # a replica shared by two revisions is one upstream
+                up = known.get(addr)
+                if up is None:
+                    up = known[addr] = Upstream(addr)
+                ups.append(up)
             variants[v["name"]] = VariantRoute(
                 v["name"], float(v["weight"]), ups, bool(v.get("bundles", False))
             )
+        return variants
+
+    for name, entry in table.items():
+        variants = variants_of(entry["variants"])
+        canary = None
+        if entry.get("canary"):
+            c = entry["canary"]
+            canary = EndpointRoute(name, int(c["revision"]), variants_of(c["variants"]))
         cap = entry.get("max_concurrency")
         routes[name] = EndpointRoute(
             name,
@@ -110,5 +147,7 @@ def build_routes(
             max_concurrency=None if cap is None else max(1, -(-int(cap) // max(1, workers))),
             locations=entry.get("async"),
             input_prefixes=list(entry.get("input_locations") or []),
+            canary=canary,
+            canary_share=float(entry["canary"]["share"]) if canary is not None else 0.0,
         )
     return routes

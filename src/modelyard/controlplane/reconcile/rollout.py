@@ -332,9 +332,8 @@ def _blue_green(dep: DeploymentRecord, facts: Facts, sizes: Sizes) -> Transition
             {"phase": "terminating", "step_started_at": now},
             f"baked; revision {dep.from_revision} is drained in {wait} s",
         )
-    if dep.phase == "terminating":
-        if _baked(dep, facts, bg.termination_wait_s if bg else 0):
-            return _end(dep, facts, "Succeeded", "the old fleet is drained")
+    if dep.phase == "terminating" and _baked(dep, facts, bg.termination_wait_s if bg else 0):
+        return _end(dep, facts, "Succeeded", "the old fleet is drained")
     return None
 
 
@@ -417,7 +416,7 @@ def _roll_back(
 ) -> Transition:
     """Send everything back to the old revision (blue/green: at once; rolling: in batches)."""
     blue = dep.from_revision
-    revisions = ((dep.to_revision, "rolled_back", reason),)
+    revisions: tuple[tuple[int, str, str], ...] = ((dep.to_revision, "rolled_back", reason),)
     if blue is None:  # nothing to go back to (a first revision has no deployment policy)
         return _end(dep, facts, "Failed", reason)
     endpoint: dict[str, Any] = {"target_revision": blue}

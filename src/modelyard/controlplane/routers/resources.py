@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query
 
 from modelyard.controlplane.deps import Context, context
+from modelyard.controlplane.routers.deployments import User
 from modelyard.controlplane.services import endpoints, invocations, metrics_view, models, transforms
 from modelyard.controlplane.services.apply import apply_documents
 from modelyard.controlplane.services.apply import rollback_endpoint as rollback_endpoint_service
@@ -26,9 +27,10 @@ def apply(
         list[dict[str, Any]],
         Body(embed=True, description="Documents, each {kind, name, spec}"),
     ],
+    user: User = "api",
 ) -> dict[str, Any]:
     docs = parse_documents(documents)
-    results = apply_documents(ctx.store, docs, ctx.clock())
+    results = apply_documents(ctx.store, docs, ctx.clock(), user)
     ctx.wake.set()
     ctx.wake_transforms.set()
     if any(r.kind == "Alarm" and r.action != "unchanged" for r in results):
@@ -128,8 +130,9 @@ def rollback_endpoint(
     ctx: Ctx,
     name: str,
     revision: Annotated[int, Body(embed=True, ge=1, description="The revision to return to")],
+    user: User = "api",
 ) -> dict[str, Any]:
-    result = rollback_endpoint_service(ctx.store, name, revision, ctx.clock())
+    result = rollback_endpoint_service(ctx.store, name, revision, ctx.clock(), user)
     ctx.wake.set()
     return result.to_json()
 

@@ -4,13 +4,20 @@ controlplane/reconcile/rollout.py)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+from pydantic import ValidationError
 
 from modelyard.controlplane.reconcile import rollout
 from modelyard.controlplane.reconcile.plan import variant_key
+from modelyard.controlplane.services.endpoints import traffic_split
 from modelyard.controlplane.store.deployment_queries import DeploymentRecord
 from modelyard.controlplane.store.repo import EndpointRecord, Repo, RevisionRecord, Store
-from modelyard.errors import ConflictError, NotFoundError, RolloutInProgressError
+from modelyard.errors import ConflictError, NotFoundError, RolloutInProgressError, SpecError
+from modelyard.spec import dump_spec
+from modelyard.spec.documents import spec_error_from
+from modelyard.spec.resources import EndpointSpec
 
 #: how many changes a deployment's summary lists
 CHANGES_SHOWN = 12
@@ -82,7 +89,7 @@ def changes(old: RevisionRecord | None, new: RevisionRecord) -> list[str]:
             out.append(f"{block} changed")
     out = list(dict.fromkeys(out))  # a model shared by two variants is named once
     if len(out) > CHANGES_SHOWN:
-        out = out[:CHANGES_SHOWN] + [f"and {len(out) - CHANGES_SHOWN} more"]
+        out = [*out[:CHANGES_SHOWN], f"and {len(out) - CHANGES_SHOWN} more"]
     return out or ["no change (applied again)"]
 
 
@@ -262,3 +269,65 @@ def resume(store: Store, name: str, by: str, now: float) -> dict[str, Any]:
         dep = repo.get_deployment(dep_id)
     assert dep is not None
     return _view(dep, now)
+
+
+def update_weights_and_capacities(
+    store: Store, name: str, changes_: list[dict[str, Any]], by: str, now: float
+) -> dict[str, Any]:
+    """Set variants' weights and instance counts without replacing a replica (SageMaker's
+    UpdateEndpointWeightsAndCapacities): a new revision that differs only in those, served as
+    soon as its replicas are ready (no deployment policy: nothing is replaced)."""
+    from modelyard.controlplane.services.apply import new_revision
+
+    if not changes_:
+        raise SpecError("name at least one variant to change", "variants")
+    with store.tx() as repo:
+        endpoint = repo.get_endpoint(name)
+        if endpoint is None:
+            raise NotFoundError(f"no endpoint named {name!r}")
+        if endpoint.deleting:
+            raise ConflictError(f"endpoint {name!r} is being deleted")
+        check_no_rollout(repo, name, "change the weights of")
+        if endpoint.active_revision is None or endpoint.status != "InService":
+            raise ConflictError(
+                f"endpoint {name!r} is {endpoint.status}; weights and capacities change only "
+                "while it is InService"
+            )
+        current = repo.get_revision(name, endpoint.target_revision)
+        assert current is not None
+        spec = copy.deepcopy(current.spec)
+        by_name = {v["name"]: v for v in spec["variants"]}
+        for i, change in enumerate(changes_):
+            field = f"variants[{i}]"
+            variant = by_name.get(str(change.get("name")))
+            if variant is None:
+                known = ", ".join(by_name)
+                raise SpecError(
+                    f"no variant named {change.get('name')!r} (variants: {known})", f"{field}.name"
+                )
+            unknown = set(change) - {"name", "weight", "instance_count"}
+            if unknown:
+                raise SpecError(
+                    f"only weight and instance_count can change here, not {sorted(unknown)}",
+                    field,
+                )
+            if "instance_count" in change and variant.get("autoscaling"):
+                raise SpecError(
+                    f"variant {variant['name']!r} is autoscaled: change its autoscaling min and "
+                    "max instead",
+                    f"{field}.instance_count",
+                )
+            for key in ("weight", "instance_count"):
+                if key in change:
+                    variant[key] = change[key]
+        try:
+            checked = EndpointSpec.model_validate(spec)
+        except ValidationError as exc:
+            raise spec_error_from(exc, "spec") from exc
+        spec = dump_spec(checked)
+        if spec == current.spec:
+            return {"endpoint": name, "revision": current.number, "action": "unchanged"}
+        number = new_revision(repo, endpoint, spec, current.models, now)
+        repo.add_event(name, f"weights and capacities changed; revision {number}", now)
+        dep_id = record(repo, endpoint, number, now, by, "weights and capacities")
+    return {"endpoint": name, "revision": number, "action": "updated", "rollout": dep_id}

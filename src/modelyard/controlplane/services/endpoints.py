@@ -10,8 +10,17 @@ from typing import Any
 from modelyard.controlplane.autoscale.autoscaler import planned_capacities
 from modelyard.controlplane.reconcile import asyncq
 from modelyard.controlplane.reconcile.endpoints import tail_lines
+from modelyard.controlplane.reconcile.plan import variant_key
 from modelyard.controlplane.store.autoscale_queries import CapacityRecord, ScalingActivityRecord
-from modelyard.controlplane.store.repo import CounterRecord, EndpointRecord, Repo, Store
+from modelyard.controlplane.store.deployment_queries import DeploymentRecord
+from modelyard.controlplane.store.repo import (
+    CounterRecord,
+    EndpointRecord,
+    ReplicaRecord,
+    Repo,
+    RevisionRecord,
+    Store,
+)
 from modelyard.errors import NotFoundError
 
 
@@ -226,20 +235,103 @@ def delete_endpoint(store: Store, name: str, now: float) -> None:
         repo.add_event(name, "deleting", now)
 
 
+def _fleet(
+    rev: RevisionRecord,
+    replicas: list[ReplicaRecord],
+    keys: dict[tuple[int, str], str | None] | None,
+) -> list[dict[str, Any]]:
+    """The variants of revision ``rev`` as the gateway routes them: weight, whether replicas
+    take bundles, and the addresses of the ready replicas that run them (with ``keys``, the
+    variant keys of the endpoint's replicas: also replicas of other revisions that run exactly
+    the same thing, shared by two revisions while a deployment runs)."""
+    out = []
+    for v in rev.spec["variants"]:
+        name = v["name"]
+        want = variant_key(rev, name) if keys is not None else None
+        addresses = sorted(
+            {
+                r.address
+                for r in replicas
+                if r.state == "ready"
+                and r.address
+                and (
+                    (r.revision == rev.number and r.variant == name)
+                    or (keys is not None and keys.get((r.revision, r.variant)) == want)
+                )
+            }
+        )
+        out.append(
+            {
+                "name": name,
+                "weight": v["weight"],
+                # Model servers take bundled invocations; containers plain ones only.
+                "bundles": (rev.models.get(v["model"]) or {}).get("runtime")
+                not in (None, "container"),
+                "replicas": addresses,
+            }
+        )
+    return out
+
+
+def _fleets(
+    repo: Repo,
+    endpoint: EndpointRecord,
+    dep: DeploymentRecord | None,
+    replicas: list[ReplicaRecord],
+) -> tuple[RevisionRecord, list[dict[str, Any]], tuple[int, float, list[dict[str, Any]]] | None]:
+    """The served revision and its variants, and while a deployment shifts traffic the new
+    revision's (number, share of traffic, variants)."""
+    assert endpoint.active_revision is not None
+    rev = repo.get_revision(endpoint.name, endpoint.active_revision)
+    assert rev is not None
+    mine = [r for r in replicas if r.endpoint == endpoint.name]
+    keys = None
+    if any(r.revision != rev.number for r in mine):  # replicas may be shared by two revisions
+        revisions = {r.number: r for r in repo.list_revisions(endpoint.name)}
+        keys = {
+            (r.revision, r.variant): variant_key(revisions[r.revision], r.variant)
+            for r in mine
+            if r.revision in revisions
+        }
+    served = _fleet(rev, mine, keys)
+    if (
+        dep is None
+        or dep.to_revision == rev.number
+        or rev.spec.get("type", "realtime") != "realtime"
+    ):
+        return rev, served, None
+    new = repo.get_revision(endpoint.name, dep.to_revision)
+    if new is None:
+        return rev, served, None
+    if dep.mode == "blue_green":
+        if dep.share <= 0:
+            return rev, served, None
+        return rev, served, (new.number, dep.share, _fleet(new, mine, keys))
+    if dep.mode != "rolling":
+        return rev, served, None
+    # A rolling update splits traffic as the replicas are split: each ready one takes its part.
+    green = _fleet(new, mine, keys)
+    n_green = len({a for v in green if v["weight"] > 0 for a in v["replicas"]})
+    n_blue = len({a for v in served if v["weight"] > 0 for a in v["replicas"]})
+    if n_green == 0:
+        return rev, served, None
+    return rev, served, (new.number, n_green / (n_green + n_blue), green)
+
+
 def routes(store: Store, state_dir: Path) -> dict[str, Any]:
     """The gateway's routing table: per endpoint, its type, the served revision's variants and
-    the addresses of their ready replicas; for serverless endpoints the concurrency cap, for
+    the addresses of their ready replicas; while a deployment shifts traffic, the new revision's
+    (``canary``: its share and variants); for serverless endpoints the concurrency cap, for
     async ones where inputs, results and failures go."""
     table: dict[str, Any] = {}
     with store.tx() as repo:
         endpoints = repo.list_endpoints()
         replicas = repo.list_replicas()
+        deployments = repo.active_deployments()
         for endpoint in endpoints:
             if endpoint.deleting or endpoint.active_revision is None:
                 continue
-            rev = repo.get_revision(endpoint.name, endpoint.active_revision)
-            if rev is None:
-                continue
+            rev, served, canary = _fleets(repo, endpoint, deployments.get(endpoint.name), replicas)
             kind = rev.spec.get("type", "realtime")
             extra: dict[str, Any] = {}
             if kind == "serverless":
@@ -247,31 +339,47 @@ def routes(store: Store, state_dir: Path) -> dict[str, Any]:
             elif kind == "async":
                 extra["async"] = asyncq.locations(rev.spec, endpoint.name, state_dir)
                 extra["input_locations"] = rev.spec["async"].get("input_locations") or []
+            if canary is not None:
+                number, share, variants = canary
+                extra["canary"] = {"revision": number, "share": share, "variants": variants}
             table[endpoint.name] = {
                 **extra,
                 "type": kind,
                 "revision": rev.number,
+                "variants": served,
+            }
+    return table
+
+
+def traffic_split(
+    repo: Repo, endpoint: EndpointRecord, dep: DeploymentRecord | None
+) -> list[dict[str, Any]]:
+    """Each revision's share of traffic now, and each variant's share of it (what the gateway
+    does with the routing table)."""
+    if endpoint.active_revision is None or endpoint.deleting:
+        return []
+    rev, served, canary = _fleets(repo, endpoint, dep, repo.list_replicas(endpoint.name))
+    fleets = [(rev.number, 1.0 - (canary[1] if canary else 0.0), served)]
+    if canary is not None:
+        fleets.append(canary)
+    out = []
+    for number, share, variants in fleets:
+        total = sum(v["weight"] for v in variants) or 1.0
+        out.append(
+            {
+                "revision": number,
+                "share": round(share, 4),
                 "variants": [
                     {
                         "name": v["name"],
-                        "weight": v["weight"],
-                        # Model servers take bundled invocations; containers plain ones only.
-                        "bundles": (rev.models.get(v["model"]) or {}).get("runtime")
-                        not in (None, "container"),
-                        "replicas": sorted(
-                            r.address
-                            for r in replicas
-                            if r.endpoint == endpoint.name
-                            and r.revision == rev.number
-                            and r.variant == v["name"]
-                            and r.state == "ready"
-                            and r.address
-                        ),
+                        "share": round(share * v["weight"] / total, 4),
+                        "replicas_ready": len(v["replicas"]),
                     }
-                    for v in rev.spec["variants"]
+                    for v in variants
                 ],
             }
-    return table
+        )
+    return out
 
 
 def record_counts(store: Store, counts: dict[str, dict[str, list[float]]], now: float) -> None:
