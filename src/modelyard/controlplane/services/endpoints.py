@@ -132,6 +132,13 @@ def describe_endpoint(
                 ],
             }
         )
+    names = {v["name"] for v in revision.spec["variants"]}
+    # Replicas of variants the target revision does not have: the old fleet during a rollout.
+    others = [
+        {"id": r.id, "revision": r.revision, "variant": r.variant, "state": r.state, "pid": r.pid}
+        for r in replicas
+        if r.variant not in names
+    ]
     failed_logs = [
         line
         for r in replicas
@@ -157,6 +164,7 @@ def describe_endpoint(
             ],
             "events": [{"at": e.at, "message": e.message} for e in events],
             "scaling_activities": [_activity(a) for a in reversed(activities)],
+            "other_replicas": others,
         }
     )
     if failed_logs:
