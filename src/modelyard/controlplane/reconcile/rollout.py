@@ -205,6 +205,9 @@ def advance(dep: DeploymentRecord, facts: Facts, sizes: Sizes) -> Transition | N
                 merged.revisions + step.revisions,
             )
         dep = replace(dep, **step.values)
+        # The fleet's readiness was judged for the phase just left: the next phase's is for
+        # the next plan to judge.
+        facts = replace(facts, fleet_ready=False)
         if step.endpoint:
             facts = replace(facts, endpoint=replace(facts.endpoint, **step.endpoint))
     return merged
