@@ -1,5 +1,5 @@
-"""/api/v1/endpoints/{name}: rollouts (status, abort, resume), the deployment history, and
-weights and capacities changed in place."""
+"""/api/v1/endpoints/{name}: rollouts (status, abort, resume), the deployment history,
+weights and capacities changed in place, and the shadow variant's report and promotion."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Query
 
 from modelyard.controlplane.deps import Context, context
-from modelyard.controlplane.services import deployments
+from modelyard.controlplane.services import deployments, shadow
 
 router = APIRouter(prefix="/api/v1")
 Ctx = Annotated[Context, Depends(context)]
@@ -67,5 +67,25 @@ def update_weights_and_capacities(
     user: User = "api",
 ) -> dict[str, Any]:
     result = deployments.update_weights_and_capacities(ctx.store, name, variants, user, ctx.clock())
+    ctx.wake.set()
+    return result
+
+
+@router.get(
+    "/endpoints/{name}/shadow",
+    summary="Production against the shadow variant: traffic, errors, latency, agreement",
+)
+def shadow_report(
+    ctx: Ctx, name: str, since: Annotated[int, Query(ge=1, description="seconds back")] = 900
+) -> dict[str, Any]:
+    return shadow.report(ctx.store, name, ctx.clock(), since)
+
+
+@router.post(
+    "/endpoints/{name}/shadow/promote",
+    summary="Make the shadow variant the production one (rolled out by the deployment policy)",
+)
+def promote_shadow(ctx: Ctx, name: str, user: User = "api") -> dict[str, Any]:
+    result = shadow.promote(ctx.store, name, user, ctx.clock())
     ctx.wake.set()
     return result

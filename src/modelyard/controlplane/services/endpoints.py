@@ -253,6 +253,7 @@ def _fleet(
     variant keys of the endpoint's replicas: also replicas of other revisions that run exactly
     the same thing, shared by two revisions while a deployment runs)."""
     out = []
+    shadow = (rev.spec.get("shadow") or {}).get("variant")
     for v in rev.spec["variants"]:
         name = v["name"]
         want = variant_key(rev, name) if keys is not None else None
@@ -271,7 +272,7 @@ def _fleet(
         out.append(
             {
                 "name": name,
-                "weight": v["weight"],
+                "weight": 0.0 if name == shadow else v["weight"],  # copies only, never answers
                 # Model servers take bundled invocations; containers plain ones only.
                 "bundles": (rev.models.get(v["model"]) or {}).get("runtime")
                 not in (None, "container"),
@@ -347,6 +348,11 @@ def routes(store: Store, state_dir: Path) -> dict[str, Any]:
             elif kind == "async":
                 extra["async"] = asyncq.locations(rev.spec, endpoint.name, state_dir)
                 extra["input_locations"] = rev.spec["async"].get("input_locations") or []
+            if rev.spec.get("shadow"):
+                extra["shadow"] = {
+                    "variant": rev.spec["shadow"]["variant"],
+                    "percent": rev.spec["shadow"]["sampling_percent"],
+                }
             if canary is not None:
                 number, share, variants = canary
                 extra["canary"] = {"revision": number, "share": share, "variants": variants}
