@@ -84,6 +84,53 @@ def test_the_api_has_every_request_error_and_latency(server: ServerProcess) -> N
     assert data(view, "concurrent_requests")
 
 
+def test_the_api_splits_latency_into_model_and_overhead(server: ServerProcess) -> None:
+    """Every request reached the model (the bad ones were refused by it: 424), so each has a
+    model latency and an overhead, which add up to its latency."""
+
+    def timed(view: dict[str, Any], metric: str) -> float:
+        return sum(p.get("sample_count") or 0.0 for s in series(view, metric) for p in s["points"])
+
+    def counted() -> dict[str, Any] | None:
+        view = server.client.metrics("ep", since_s=300, period_s=10)
+        metrics = ("latency_ms", "model_latency_ms", "overhead_latency_ms")
+        return view if all(timed(view, m) >= GOOD + BAD for m in metrics) else None
+
+    view = wait_for(counted, 30, what="the model and overhead latencies to be written")
+    for metric in ("model_latency_ms", "overhead_latency_ms"):
+        (found,) = series(view, metric)
+        assert (found["kind"], found["variant"]) == ("histogram", "v")
+        assert timed(view, metric) == GOOD + BAD
+    by_period = {
+        metric: {p["at"]: p for p in data(view, metric)}
+        for metric in ("latency_ms", "model_latency_ms", "overhead_latency_ms")
+    }
+    assert by_period["model_latency_ms"].keys() == by_period["latency_ms"].keys()
+    for at, total in by_period["latency_ms"].items():
+        model, overhead = by_period["model_latency_ms"][at], by_period["overhead_latency_ms"][at]
+        assert 0 < model["sum"] <= total["sum"] and model["max"] <= total["max"]
+        assert model["sum"] + overhead["sum"] == pytest.approx(total["sum"])
+        assert 0 < model["p50"] <= model["p90"] <= model["p99"] <= model["max"]
+
+
+def test_the_api_has_each_replicas_batch_sizes(server: ServerProcess) -> None:
+    """Each good request is one model call of one row (no batching); the bad ones never reached
+    the model's predict."""
+
+    def scraped() -> dict[str, Any] | None:
+        view = server.client.metrics("ep", since_s=300, period_s=10, metric="batch_size")
+        return view if total(view, "batch_size") >= GOOD else None
+
+    view = wait_for(scraped, 30, what="the replica's batch sizes to be scraped")
+    (found,) = series(view, "batch_size")
+    assert found["kind"] == "distribution" and found["variant"] == "v"
+    assert found["replica"].startswith("r-")
+    assert total(view, "batch_size") == GOOD  # rows
+    assert sum(p["sample_count"] for p in data(view, "batch_size")) == GOOD  # model calls
+    for p in data(view, "batch_size"):
+        assert p["avg"] == 1 and p["p90"] is None and p["min"] is None
+
+
 def test_the_api_has_the_replicas_and_their_memory(server: ServerProcess) -> None:
     def sampled() -> dict[str, Any] | None:
         view = server.client.metrics("ep", since_s=300, period_s=10)
@@ -131,6 +178,14 @@ def test_the_gateway_scrape_sums_both_workers(server: ServerProcess) -> None:
     assert found[(f"{duration}_count", "")] == GOOD + BAD
     assert found[(f"{duration}_bucket", "+Inf")] == GOOD + BAD
     assert 0 < found[(f"{duration}_sum", "")] < (GOOD + BAD) * 5.0
+    model = "modelyard_gateway_model_duration_seconds"
+    overhead = "modelyard_gateway_overhead_duration_seconds"
+    assert found[(f"{model}_count", "")] == found[(f"{overhead}_count", "")] == GOOD + BAD
+    assert found[(f"{model}_bucket", "+Inf")] == GOOD + BAD
+    assert 0 < found[(f"{model}_sum", "")] <= found[(f"{duration}_sum", "")]
+    assert found[(f"{model}_sum", "")] + found[(f"{overhead}_sum", "")] == pytest.approx(
+        found[(f"{duration}_sum", "")]
+    )
     assert found[("modelyard_gateway_cold_starts_total", "")] == 0
     assert found[("modelyard_gateway_requests_in_progress", "")] == 0
     # both workers answered some: the sum above is over two of them

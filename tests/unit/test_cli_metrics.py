@@ -163,3 +163,36 @@ def test_watch_redraws_until_ctrl_c() -> None:
     table.watch(console, read, every_s=0)  # returns at Ctrl-C, no traceback
     assert len(calls) == 3
     assert "invocations" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_rows_of_model_and_overhead_latency_and_batch_sizes_over_replicas() -> None:
+    def batches(sums: list[float | None], calls: list[float | None], replica: str) -> Any:
+        found = series("batch_size", "distribution", "sum", sums, replica=replica)
+        for point, n in zip(found["points"], calls, strict=True):
+            if n is not None:
+                point.update(sample_count=n, avg=point["sum"] / n)
+        return found
+
+    answer = view(
+        batches([8, None, 6, 10, 4, 999], [2, None, 3, 5, 1, 9], "r1"),
+        batches([4, 2, None, 10, 4, 999], [1, 2, None, 5, 3, 9], "r2"),
+        series("overhead_latency_ms", "histogram", "p90", [0.5, 0.6, None, 0.7, 0.4, 9]),
+        series("model_latency_ms", "histogram", "p90", [3, 4, None, 5, 6, 999]),
+    )
+    rows = {(r.metric, r.variant): r for r in table.rows(answer, NOW)}
+    assert list(rows) == [
+        ("model_latency_ms", "v"),
+        ("overhead_latency_ms", "v"),
+        ("batch_size", "v"),
+    ]
+    assert rows[("model_latency_ms", "v")].values == [3, 4, None, 5, 6]
+    assert rows[("overhead_latency_ms", "v")].values == [0.5, 0.6, None, 0.7, 0.4]
+    size = rows[("batch_size", "v")]
+    # rows per model call over both replicas: (8 + 4) / 3, 2 / 2, 6 / 3, 20 / 10, 8 / 4
+    assert size.values == [4, 1, 2, 2, 2]
+    assert (size.last, size.window) == ("2", "avg 2.18 · 22 calls")  # 48 rows / 22 calls
+    console = Console(file=io.StringIO(), width=200)
+    console.print(table.render(answer, NOW))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert lines[3].split()[:3] == ["batch_size", "v", "rows"]
+    assert lines[1].split()[:3] == ["model_latency_ms", "v", "ms"]

@@ -16,6 +16,8 @@ from modelyard.metrics.recorder import Recorder
 from modelyard.metrics.series import (
     LATENCY_BOUNDS_MS,
     N_BUCKETS,
+    SLOT_HISTOGRAMS,
+    SLOT_SIZE,
     Point,
     merged,
     periods,
@@ -225,6 +227,36 @@ def test_the_recorder_counts_latencies_not_invocations(store: Store) -> None:
         assert repo.metric_points("a", 0, 100, metric="latency_ms") == {}
     assert statistic(latency[0], "sample_count", "histogram") == 2
     assert statistic(latency[0], "avg", "histogram") == 5.0
+
+
+def test_the_recorder_turns_a_slot_into_total_model_and_overhead_latency(store: Store) -> None:
+    """A gateway's full slot: three histograms; an older gateway's (without model and overhead
+    histograms) still gives its total latency."""
+    total, model, overhead = (
+        latency_point(0, [12.0, 30.0, 3.0]),  # the last one refused at the gateway
+        latency_point(0, [10.0, 25.0]),
+        latency_point(0, [2.0, 5.0, 3.0]),
+    )
+    values = [4.0, 1, 0, 0, 0]  # one more invocation: an async 202, which has no latency
+    for point in (total, model, overhead):
+        assert point.buckets is not None and point.max is not None
+        values += [point.sum, point.max, *point.buckets]
+    assert len(values) == SLOT_SIZE
+    recorder = Recorder(store, clock=lambda: 0.0)
+    recorder.gateway_report({"e": {"v": values}}, 5.0)
+    recorder.gateway_report({"e": {"v": values[: SLOT_HISTOGRAMS["model_latency_ms"]]}}, 6.0)
+    recorder.flush(0.0, everything=True)
+    with store.tx() as repo:
+        found = {k.metric: ps for k, ps in repo.metric_points("e", 0, 100).items()}
+    (got_total,) = found["latency_ms"]
+    (got_model,) = found["model_latency_ms"]
+    (got_overhead,) = found["overhead_latency_ms"]
+    assert (got_total.count, got_total.sum, got_total.max) == (6, 90.0, 30.0)
+    assert (got_model.count, got_model.sum, got_model.max) == (2, 35.0, 25.0)
+    assert (got_overhead.count, got_overhead.sum, got_overhead.max) == (3, 10.0, 5.0)
+    assert got_model.buckets == model.buckets and got_overhead.buckets == overhead.buckets
+    assert statistic(got_model, "p50", "histogram") == pytest.approx(10.0)
+    assert statistic(found["invocations"][0], "sum", "counter") == 8
 
 
 def test_points_the_store_refused_are_written_by_the_next_flush(

@@ -9,11 +9,12 @@ The rules, exactly (CloudWatch's, with its missing-data treatment simplified as 
    writes a 10 s interval 2–3 s after it ends), are never looked at.
 2. **A period's value** is ``statistic`` of all the points of the period merged: the 10 s points
    it spans, and every series of the endpoint for the metric — all variants' when the alarm names
-   no variant, and every replica's for per-replica gauges (cpu_percent, memory_mb: ``avg`` is
-   then the mean over replicas and samples, ``max`` the highest any replica reported). A period
-   without any point, or whose statistic is undefined, has no data (it is *missing*). Counters
-   write no point for a period without events, so a period without traffic is missing for
-   ``invocations`` — not 0.
+   no variant, and every replica's for per-replica metrics (cpu_percent, memory_mb: ``avg`` is
+   then the mean over replicas and samples, ``max`` the highest any replica reported;
+   batch_size: ``avg`` is rows per model call over all replicas). A period without any point,
+   or whose statistic is undefined (a percentile of anything but a latency histogram), has no
+   data (it is *missing*). Counters and batch_size write no point for a period without events,
+   so a period without traffic is missing for ``invocations`` — not 0.
 3. **Breaching.** A period breaches when ``value <comparison> threshold``.
 4. **Missing periods** are, by ``treat_missing_data``: ``breaching`` — counted as breaching;
    ``not_breaching`` — counted as not breaching; ``missing`` and ``ignore`` — left out.

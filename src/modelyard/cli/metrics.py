@@ -1,10 +1,12 @@
 """``modelyard metrics``: an endpoint's metrics (``Client.metrics``) as a table with sparklines.
 
-One row per metric and variant. A replica's series (``cpu_percent``, ``memory_mb``) are combined
-per variant: CPU as the average of its replicas, memory as their sum (the variant's resident
-memory). The sparkline has a character per complete period of the window, blank where there is
-no data (counters have no point in a period without events); it draws a counter's events, the
-latency's p90 and a gauge's average, each scaled from zero to the row's highest value. The last
+One row per metric and variant. A replica's series (``cpu_percent``, ``memory_mb``,
+``batch_size``) are combined per variant: CPU as the average of its replicas, memory as their sum
+(the variant's resident memory), batch size as rows per model call over all of them. The
+sparkline has a character per complete period of the window, blank where there is no data
+(counters and batch sizes have no point in a period without events); it draws a counter's
+events, a latency's p90 (total, model and overhead each a row), a gauge's average and the mean
+batch size, each scaled from zero to the row's highest value. The last
 period shown is the newest whose points have been written (``SETTLED_S`` after its end): the
 one in progress is left out.
 """
@@ -38,11 +40,14 @@ UNITS = {
     "errors_4xx": "requests",
     "errors_5xx": "requests",
     "latency_ms": "ms",
+    "model_latency_ms": "ms",
+    "overhead_latency_ms": "ms",
     "concurrent_requests": "requests",
     "cold_starts": "requests",
     "replicas": "replicas",
     "cpu_percent": "%",
     "memory_mb": "MB",
+    "batch_size": "rows",
     "async_backlog": "requests",
     "async_oldest_age_s": "s",
 }
@@ -122,6 +127,8 @@ def _row(metric: str, variant: str, settled: Settled, period: int) -> Row:
         return _counter_row(metric, variant, points[0], period, settled)
     if kind == "histogram":
         return _latency_row(metric, variant, points[0])
+    if kind == "distribution":
+        return _distribution_row(metric, variant, points)
     combine = sum if metric == "memory_mb" else _mean
     values = [
         _combine(combine, [p.get("avg") for p in period_points])
@@ -173,6 +180,25 @@ def _latency_row(metric: str, variant: str, points: list[dict[str, Any]]) -> Row
         [p.get("p90") for p in points],
         last if "p50" in newest else "-",
         f"avg {number(avg)} · max {number(peak)}",
+    )
+
+
+def _distribution_row(metric: str, variant: str, points: list[list[dict[str, Any]]]) -> Row:
+    """Rows per model call, over the variant's replicas: each period's, the last, the window's."""
+    values: list[float | None] = []
+    rows_sum = calls_sum = 0.0
+    for period_points in zip(*points, strict=True):
+        rows = sum(p.get("sum") or 0.0 for p in period_points)
+        calls = sum(p.get("sample_count") or 0.0 for p in period_points)
+        values.append(rows / calls if calls else None)
+        rows_sum, calls_sum = rows_sum + rows, calls_sum + calls
+    avg = rows_sum / calls_sum if calls_sum else None
+    return Row(
+        metric,
+        variant,
+        values,
+        number(values[-1]),
+        f"avg {number(avg)} · {number(calls_sum)} calls",
     )
 
 

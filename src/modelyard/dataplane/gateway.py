@@ -47,8 +47,12 @@ _INFERENCE_ID = re.compile(rb"^[\x21-\x7e]{1,64}$")
 
 
 class GatewayError(Exception):
-    def __init__(self, status: int, error_type: str, body: bytes) -> None:
-        self.status, self.error_type, self.body = status, error_type, body
+    """``model_ms``: how long the replica took, when the error is its answer or its silence."""
+
+    def __init__(
+        self, status: int, error_type: str, body: bytes, model_ms: float | None = None
+    ) -> None:
+        self.status, self.error_type, self.body, self.model_ms = status, error_type, body, model_ms
 
 
 def _fail(status: int, error_type: str, message: str) -> GatewayError:
@@ -278,12 +282,12 @@ class Gateway:
                 )
             variant = self._variant(route, headers)
             variant_name = variant.name
-            answer = await self._forward(variant, headers, body)
-            if answer is None:  # no replica reached: the table may be a moment old, look again
+            forwarded = await self._forward(variant, headers, body)
+            if forwarded is None:  # no replica reached: the table may be a moment old, look again
                 fresh = await self._fresh_route(name)
                 variant = (fresh.variants.get(variant_name) if fresh else None) or variant
-                answer = await self._forward(variant, headers, body)
-            if answer is None:
+                forwarded = await self._forward(variant, headers, body)
+            if forwarded is None:
                 raise _fail(
                     503,
                     sm.SERVICE_UNAVAILABLE,
@@ -291,9 +295,10 @@ class Gateway:
                 )
         except GatewayError as exc:
             if name in self.routes:
-                gm.count(self.counts, name, variant_name or "-", exc.status, started)
+                gm.count(self.counts, name, variant_name or "-", exc.status, started, exc.model_ms)
             return exc.status, _error_headers(exc.error_type), exc.body
-        gm.count(self.counts, name, variant_name, answer[0], started)
+        answer, model_ms = forwarded
+        gm.count(self.counts, name, variant_name, answer[0], started, model_ms)
         return answer
 
     async def _invoke_serverless(
@@ -324,11 +329,11 @@ class Gateway:
                 variant_name = variant.name
                 if not variant.replicas:
                     variant = await self._hold(request, name, variant_name, deadline)
-                answer = await self._forward(variant, headers, body, _left(deadline))
-                if answer is None:  # the replica went while we chose it: hold for another
+                forwarded = await self._forward(variant, headers, body, _left(deadline))
+                if forwarded is None:  # the replica went while we chose it: hold for another
                     variant = await self._hold(request, name, variant_name, deadline)
-                    answer = await self._forward(variant, headers, body, _left(deadline))
-                if answer is None:
+                    forwarded = await self._forward(variant, headers, body, _left(deadline))
+                if forwarded is None:
                     raise _fail(
                         503,
                         sm.SERVICE_UNAVAILABLE,
@@ -337,9 +342,10 @@ class Gateway:
             finally:
                 self.inflight[name] -= 1
         except GatewayError as exc:
-            gm.count(self.counts, name, variant_name, exc.status, started)
+            gm.count(self.counts, name, variant_name, exc.status, started, exc.model_ms)
             return exc.status, _error_headers(exc.error_type), exc.body
-        gm.count(self.counts, name, variant_name, answer[0], started)
+        answer, model_ms = forwarded  # the hold for a replica is overhead, not the model's
+        gm.count(self.counts, name, variant_name, answer[0], started, model_ms)
         return answer
 
     async def _hold(
@@ -549,7 +555,7 @@ class Gateway:
     def _variant(self, route: EndpointRoute, headers: dict[bytes, bytes]) -> VariantRoute:
         wanted = headers.get(sm.H_TARGET_VARIANT)
         if wanted is not None:
-            variant = route.variants.get(wanted.decode("latin-1"))
+            variant = route.find_variant(wanted.decode("latin-1"), route.fleet())
             if variant is None:
                 known = ", ".join(route.variants)
                 raise _fail(
@@ -572,8 +578,9 @@ class Gateway:
         headers: dict[bytes, bytes],
         body: bytes,
         timeout_s: float | None = None,
-    ) -> Answer | None:
-        """The replica's answer, or None when no replica could be reached."""
+    ) -> tuple[Answer, float] | None:
+        """The replica's answer and how long it took (ms, from the request sent to the answer
+        received, for the attempt that answered), or None when no replica could be reached."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         content_type = headers.get(b"content-type", _JSON)
         item = b""
@@ -588,6 +595,7 @@ class Gateway:
             if upstream is None:
                 return None
             upstream.outstanding += 1
+            sent = time.perf_counter()
             try:
                 pool = self.upstreams.pool(upstream.address)
                 answer = None
@@ -600,18 +608,21 @@ class Gateway:
                 tried = upstream  # the replica is gone or going: one more try elsewhere
                 continue
             except TimeoutError as exc:
-                raise _fail(
+                raise GatewayError(
                     504,
                     sm.MODEL_ERROR,
-                    f"the model did not answer within {self.timeout_s:g} s",
+                    sm.error_body(f"the model did not answer within {self.timeout_s:g} s"),
+                    (time.perf_counter() - sent) * 1000.0,
                 ) from exc
             finally:
                 upstream.outstanding -= 1
+            model_ms = (time.perf_counter() - sent) * 1000.0
             if answer.status >= 300:
                 raise GatewayError(
                     424,
                     sm.MODEL_ERROR,
                     sm.model_error_body(variant.name, answer.status, answer.body),
+                    model_ms,
                 )
             out = [
                 (b"content-type", answer.content_type or _JSON),
@@ -619,7 +630,7 @@ class Gateway:
             ]
             if answer.attrs:
                 out.append((sm.H_CUSTOM_ATTRIBUTES, answer.attrs))
-            return answer.status, out, answer.body
+            return (answer.status, out, answer.body), model_ms
         return None
 
     async def _post(

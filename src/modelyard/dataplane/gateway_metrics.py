@@ -33,16 +33,30 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from modelyard.metrics.series import LATENCY_BOUNDS_MS, N_BUCKETS, RESOLUTION_S
+from modelyard.metrics.series import (
+    LATENCY_BOUNDS_MS,
+    N_BUCKETS,
+    RESOLUTION_S,
+    SLOT_HISTOGRAMS,
+    SLOT_SIZE,
+)
 
 log = logging.getLogger("modelyard.gateway")
 
-#: A variant's slot of counts (``Gateway._slot``): [invocations, 4xx, 5xx, cold starts, cold-start
-#: ms, latency sum ms, latency max ms, *latency buckets (metrics/series.py)]
-LATENCY_SUM = 5
-LATENCY_MAX = 6
-LATENCY_BUCKETS = 7
-SLOT_SIZE = LATENCY_BUCKETS + N_BUCKETS
+#: A variant's slot of counts (``slot``): [invocations, 4xx, 5xx, cold starts, cold-start ms],
+#: then three latency histograms, each [sum ms, max ms, *buckets]: the total latency (arrival to
+#: answer), the model latency (request sent to the replica to its answer received, for the
+#: attempt that answered) and the overhead (total minus model; all of it for requests that
+#: reached no model). The layout is the control plane's contract too (metrics/series.py).
+LATENCY_SUM = SLOT_HISTOGRAMS["latency_ms"]
+LATENCY_MAX = LATENCY_SUM + 1
+LATENCY_BUCKETS = LATENCY_SUM + 2
+MODEL_SUM = SLOT_HISTOGRAMS["model_latency_ms"]
+MODEL_MAX = MODEL_SUM + 1
+OVERHEAD_SUM = SLOT_HISTOGRAMS["overhead_latency_ms"]
+OVERHEAD_MAX = OVERHEAD_SUM + 1
+#: the entries that merge as a maximum, not a sum
+MAXES = frozenset((LATENCY_MAX, MODEL_MAX, OVERHEAD_MAX))
 #: counts per endpoint and variant, a slot each
 Counts = dict[str, dict[str, list[float]]]
 
@@ -56,7 +70,8 @@ _LE = [f"{bound / 1000.0:g}" for bound in LATENCY_BOUNDS_MS] + ["+Inf"]
 
 
 def merge_counts(into: Counts, counts: Counts) -> None:
-    """Add ``counts`` to ``into``, slot by slot (the latency max is a max)."""
+    """Add ``counts`` to ``into``, slot by slot (the latency maxima are maxima; a shorter slot,
+    from an older gateway, is as if it ended with zeros)."""
     for endpoint, variants in counts.items():
         mine = into.setdefault(endpoint, {})
         for variant, values in variants.items():
@@ -64,13 +79,14 @@ def merge_counts(into: Counts, counts: Counts) -> None:
             if slot is None:
                 mine[variant] = list(values)
                 continue
-            for i, value in enumerate(values[: len(slot)]):
-                slot[i] = max(slot[i], value) if i == LATENCY_MAX else slot[i] + value
+            if len(values) > len(slot):
+                slot.extend([0.0] * (len(values) - len(slot)))
+            for i, value in enumerate(values):
+                slot[i] = max(slot[i], value) if i in MAXES else slot[i] + value
 
 
 def slot(counts: Counts, endpoint: str, variant: str) -> list[float]:
-    """The counts of one variant since the last sync: [invocations, 4xx, 5xx, cold starts,
-    cold-start ms, latency sum ms, latency max ms, *latency buckets] (metrics/series.py)."""
+    """The counts of one variant since the last sync (the layout above)."""
     by_variant = counts.get(endpoint)
     if by_variant is None:
         by_variant = counts[endpoint] = {}
@@ -81,10 +97,16 @@ def slot(counts: Counts, endpoint: str, variant: str) -> list[float]:
 
 
 def count(
-    counts: Counts, endpoint: str, variant: str, status: int, started: float | None = None
+    counts: Counts,
+    endpoint: str,
+    variant: str,
+    status: int,
+    started: float | None = None,
+    model_ms: float | None = None,
 ) -> None:
     """One answered request (the hot path: a few additions); ``started``: its perf_counter at
-    arrival, for its latency."""
+    arrival, for its latencies (none without it: async requests); ``model_ms``: how long the
+    replica took to answer it (None: it reached no model, its latency is all overhead)."""
     found = slot(counts, endpoint, variant)
     found[0] += 1
     if 400 <= status < 500:
@@ -93,10 +115,19 @@ def count(
         found[2] += 1
     if started is not None:
         ms = (time.perf_counter() - started) * 1000.0
-        found[5] += ms
-        if ms > found[LATENCY_MAX]:
-            found[LATENCY_MAX] = ms
-        found[LATENCY_BUCKETS + bisect_left(LATENCY_BOUNDS_MS, ms)] += 1
+        _observe(found, LATENCY_SUM, ms)
+        if model_ms is not None:
+            _observe(found, MODEL_SUM, model_ms)
+            ms = ms - model_ms if ms > model_ms else 0.0
+        _observe(found, OVERHEAD_SUM, ms)
+
+
+def _observe(found: list[float], at: int, ms: float) -> None:
+    """One latency into the histogram at ``at`` of a slot: [sum, max, *buckets]."""
+    found[at] += ms
+    if ms > found[at + 1]:
+        found[at + 1] = ms
+    found[at + 2 + bisect_left(LATENCY_BOUNDS_MS, ms)] += 1
 
 
 class CountBatches:
@@ -234,6 +265,16 @@ class _Snapshot(Collector):
             "Time from an invocation's arrival at the gateway to its answer",
             labels=labels,
         )
+        model = HistogramMetricFamily(
+            "modelyard_gateway_model_duration_seconds",
+            "Time a replica took to answer an invocation, from the gateway's request to its answer",
+            labels=labels,
+        )
+        overhead = HistogramMetricFamily(
+            "modelyard_gateway_overhead_duration_seconds",
+            "An invocation's time at the gateway less the replica's (a cold-start hold included)",
+            labels=labels,
+        )
         cold = CounterMetricFamily(
             "modelyard_gateway_cold_starts",
             "Serverless invocations held while a replica started",
@@ -251,11 +292,12 @@ class _Snapshot(Collector):
             requests.add_metric([*key, "4xx"], c4)
             requests.add_metric([*key, "5xx"], c5)
             cold.add_metric(key, slot[3])
-            buckets, seen = [], 0.0
-            for le, n in zip(_LE, slot[LATENCY_BUCKETS:], strict=False):
-                seen += n
-                buckets.append((le, seen))
-            duration.add_metric(key, buckets, slot[LATENCY_SUM] / 1000.0)
+            for family, at in (
+                (duration, LATENCY_SUM),
+                (model, MODEL_SUM),
+                (overhead, OVERHEAD_SUM),
+            ):
+                family.add_metric(key, *_histogram(slot, at))
         in_progress = GaugeMetricFamily(
             "modelyard_gateway_requests_in_progress",
             "Invocations in progress at the gateway (serverless ones held for a replica included)",
@@ -263,4 +305,15 @@ class _Snapshot(Collector):
         )
         for endpoint, n in sorted(self.busy.items()):
             in_progress.add_metric([endpoint], n)
-        yield from (requests, duration, cold, in_progress)
+        yield from (requests, duration, model, overhead, cold, in_progress)
+
+
+def _histogram(slot: list[float], at: int) -> tuple[list[tuple[str, float]], float]:
+    """The cumulative buckets (in seconds) and the sum of the slot's histogram at ``at`` (all
+    zero when the slot ends before it: a worker file of an older gateway)."""
+    values = slot[at + 2 : at + 2 + N_BUCKETS] or [0.0] * N_BUCKETS
+    buckets, seen = [], 0.0
+    for le, n in zip(_LE, values, strict=False):
+        seen += n
+        buckets.append((le, seen))
+    return buckets, (slot[at] if len(slot) > at else 0.0) / 1000.0

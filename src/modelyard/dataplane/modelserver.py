@@ -340,7 +340,7 @@ class ReplicaApp:
         try:
             media, inputs = self._decode(raw_type, raw_accept, body)
             outputs = call_model(self.runtime, inputs)
-            self.batch_size.observe(1)
+            self.batch_size.observe(_input_rows(inputs))
             return self._answered(media, outputs)
         except Exception as exc:
             return self._failed(exc)
@@ -430,6 +430,16 @@ def _line_answer(raw_accept: bytes | None, media_in: str) -> str | None:
         if media in codecs.MEDIA_TYPES or media == "application/*":
             return None  # JSON or NPY first: answered whole, as before
     return None
+
+
+def _input_rows(inputs: Any) -> int:
+    """Rows in one call's inputs: an array's or a list's length; anything else is one."""
+    if isinstance(inputs, str | bytes | dict):
+        return 1
+    try:
+        return max(1, len(inputs))
+    except TypeError:
+        return 1
 
 
 def _row_count(outputs: Any) -> int | None:

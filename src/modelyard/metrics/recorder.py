@@ -1,8 +1,9 @@
 """The control plane's metrics recorder: observations in, 10-second points out to the store.
 
-Observations arrive from the gateways' syncs (invocations, errors, latencies, requests in
-progress, cold starts) and from the recorder's own sampling every 10 s (replicas ready, each
-replica's CPU and memory, async backlogs). They are summed in memory per series and interval; an
+Observations arrive from the gateways' syncs (invocations, errors, latencies — total, model and
+overhead —, requests in progress, cold starts) and from the recorder's own sampling every 10 s
+(replicas ready, each replica's CPU and memory and its batch sizes from its ``GET /metrics``
+(metrics/batches.py), async backlogs). They are summed in memory per series and interval; an
 interval is written once it has closed (and a little after, for late syncs) — one writer, few
 rows. Hourly, points older than ``retention_s`` are rolled up into 1-minute points, and those
 older than ``rollup_retention_s`` are deleted. A control-plane crash loses at most the intervals
@@ -21,7 +22,8 @@ import psutil
 
 from modelyard.controlplane.store.metric_queries import SeriesKey
 from modelyard.controlplane.store.repo import Store
-from modelyard.metrics.series import N_BUCKETS, RESOLUTION_S, ROLLUP_S, Point
+from modelyard.metrics.batches import BatchScraper
+from modelyard.metrics.series import N_BUCKETS, RESOLUTION_S, ROLLUP_S, SLOT_HISTOGRAMS, Point
 
 log = logging.getLogger("modelyard.metrics")
 
@@ -40,6 +42,7 @@ class Recorder:
         retention_s: float = 24 * 3600.0,
         rollup_retention_s: float = 14 * 24 * 3600.0,
         clock: Callable[[], float] = time.time,
+        batches: BatchScraper | None = None,
     ) -> None:
         self.store = store
         self.retention_s = retention_s
@@ -52,6 +55,7 @@ class Recorder:
         self._rolled_up_at = 0.0
         #: per gateway worker: (when it last synced, its requests in progress per endpoint)
         self._busy: dict[int, tuple[float, dict[str, float]]] = {}
+        self.batches = batches or BatchScraper()
 
     # observations ----------------------------------------------------------------------------
     def _point(self, key: SeriesKey, now: float) -> Point:
@@ -76,6 +80,20 @@ class Recorder:
         with self._lock:
             self._point(SeriesKey(metric, endpoint, variant, replica), now).add(value)
 
+    def distribution(
+        self,
+        metric: str,
+        key: tuple[str, str, str],
+        count: float,
+        total: float,
+        now: float,
+    ) -> None:
+        """``count`` observations summing to ``total`` (model calls and their rows), for the
+        series ``key``: (endpoint, variant, replica)."""
+        if count > 0:
+            with self._lock:
+                self._point(SeriesKey(metric, *key), now).merge(Point(0.0, count, total))
+
     def latency(
         self,
         endpoint: str,
@@ -85,17 +103,18 @@ class Recorder:
         max_ms: float,
         buckets: list[float],
         now: float,
+        metric: str = "latency_ms",
     ) -> None:
         """A gateway's latency histogram since its last sync."""
         if count <= 0 or len(buckets) != N_BUCKETS:
             return
         with self._lock:
-            point = self._point(SeriesKey("latency_ms", endpoint, variant, ""), now)
+            point = self._point(SeriesKey(metric, endpoint, variant, ""), now)
             point.merge(Point(point.at, count, sum_ms, None, max_ms, list(buckets)))
 
     def gateway_report(self, counts: dict[str, dict[str, list[float]]], now: float) -> None:
-        """A gateway's counts: {endpoint: {variant: [invocations, 4xx, 5xx, cold starts, cold
-        ms, latency sum ms, latency max ms, *latency buckets]}} (the tail may be absent)."""
+        """A gateway's counts: {endpoint: {variant: slot}}, each slot laid out as
+        :data:`~modelyard.metrics.series.SLOT_HISTOGRAMS` says (its tail may be absent)."""
         for endpoint, variants in counts.items():
             for variant, values in variants.items():
                 self.counter("invocations", endpoint, variant, values[0], now)
@@ -105,10 +124,15 @@ class Recorder:
                     self.counter("errors_5xx", endpoint, variant, values[2], now, zero=traffic)
                 if len(values) > 3:
                     self.counter("cold_starts", endpoint, variant, values[3], now)
-                if len(values) >= 7 + N_BUCKETS:
+                for metric, at in SLOT_HISTOGRAMS.items():
+                    if len(values) < at + 2 + N_BUCKETS:
+                        break
                     # Latencies counted: async requests (202) have none, so not values[0].
-                    timed = sum(values[7:])
-                    self.latency(endpoint, variant, timed, values[5], values[6], values[7:], now)
+                    buckets = values[at + 2 : at + 2 + N_BUCKETS]
+                    count = sum(buckets)
+                    self.latency(
+                        endpoint, variant, count, values[at], values[at + 1], buckets, now, metric
+                    )
 
     def in_flight(
         self, worker: int, counts: dict[str, float], endpoints: list[str], now: float
@@ -183,6 +207,11 @@ class Recorder:
                 self.gauge("memory_mb", *key, memory, now, replica=replica.id)
         for gone in set(self._cpu) - seen:
             del self._cpu[gone]
+        by_id = {r.id: r for r in replicas}
+        for replica_id, (calls, rows) in self.batches.read(replicas).items():
+            replica = by_id[replica_id]
+            series = (replica.endpoint, replica.variant, replica_id)
+            self.distribution("batch_size", series, calls, rows, now)
         for (endpoint_name, variant), n in ready.items():
             self.gauge("replicas", endpoint_name, variant, n, now)
         for name, entry in backlog.items():
@@ -251,6 +280,7 @@ class Recorder:
                 log.exception("metrics: recording failed")
 
     def close(self) -> None:
+        self.batches.close()
         try:
             self.flush(self.clock(), everything=True)
         except Exception:

@@ -4,7 +4,9 @@ A point summarises one metric of one endpoint (variant, replica) over one interv
 ``resolution`` seconds starting at ``at``: how many observations (``count``), their ``sum``,
 ``min`` and ``max``, and for latencies the count in each histogram bucket (``buckets``, upper
 bounds in :data:`LATENCY_BOUNDS_MS`, the last one unbounded). Counters (invocations, errors,
-cold starts) are points whose ``sum`` is the number of events. Points merge exactly (sums of
+cold starts) are points whose ``sum`` is the number of events. A distribution (batch sizes) has
+only ``count`` and ``sum`` (model calls and their rows): its average, no extremes, no
+percentiles. Points merge exactly (sums of
 counts and sums, min of mins, max of maxes, bucket by bucket), so a 1-minute roll-up of six
 10-second points is the same point the minute would have had.
 
@@ -27,17 +29,38 @@ N_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
 RESOLUTION_S = 10
 ROLLUP_S = 60
 
+#: A gateway's counts of one variant (its "slot", dataplane/gateway_metrics.py), as it sends them
+#: to the control plane: [invocations, 4xx, 5xx, cold starts, cold-start ms], then a histogram
+#: for each latency metric at its offset here, each [sum ms, max ms, *buckets]. Slots from an
+#: older gateway may end early (a histogram missing is no data).
+HISTOGRAM_SIZE = 2 + N_BUCKETS
+SLOT_HISTOGRAMS: dict[str, int] = {
+    "latency_ms": 5,
+    "model_latency_ms": 5 + HISTOGRAM_SIZE,
+    "overhead_latency_ms": 5 + 2 * HISTOGRAM_SIZE,
+}
+SLOT_SIZE = 5 + 3 * HISTOGRAM_SIZE
+
 #: every metric kept, with what it measures and its kind
 METRICS: dict[str, tuple[str, str]] = {
     "invocations": ("counter", "requests answered by the gateway"),
     "errors_4xx": ("counter", "requests answered with a 4xx status"),
     "errors_5xx": ("counter", "requests answered with a 5xx status"),
     "latency_ms": ("histogram", "time from a request's arrival to its answer, at the gateway"),
+    "model_latency_ms": (
+        "histogram",
+        "time a replica took to answer, seen from the gateway (request sent to answer received)",
+    ),
+    "overhead_latency_ms": (
+        "histogram",
+        "latency_ms minus model_latency_ms: the gateway's own time (a cold-start hold included)",
+    ),
     "concurrent_requests": ("gauge", "requests in progress at the gateway (sampled)"),
     "cold_starts": ("counter", "serverless requests held while a replica started"),
     "replicas": ("gauge", "replicas ready to serve"),
     "cpu_percent": ("gauge", "a replica's CPU use (100 = one core)"),
     "memory_mb": ("gauge", "a replica's resident memory"),
+    "batch_size": ("distribution", "rows per model call at a replica (count: calls, sum: rows)"),
     "async_backlog": ("gauge", "async requests queued or running"),
     "async_oldest_age_s": ("gauge", "age of the oldest queued async request"),
 }
@@ -93,7 +116,7 @@ def merged(points: Iterable[Point], at: float) -> Point:
 
 def statistic(point: Point, stat: str, kind: str) -> float | None:
     """A statistic of one (merged) point; None when the point has no data for it. A counter
-    has only a sum (its events in the period)."""
+    has only a sum (its events in the period); only a histogram has percentiles."""
     if stat not in STATISTICS:
         raise ValueError(f"unknown statistic {stat!r}; one of {', '.join(STATISTICS)}")
     if stat == "sum":
@@ -112,8 +135,8 @@ def statistic(point: Point, stat: str, kind: str) -> float | None:
         return point.max
     if stat in ("p50", "p90", "p99"):
         q = {"p50": 0.5, "p90": 0.9, "p99": 0.99}[stat]
-        if point.buckets is None:
-            return None  # a gauge keeps no distribution
+        if kind != "histogram" or point.buckets is None:
+            return None  # a gauge or a distribution keeps no buckets
         return quantile(point.buckets, q, point.min, point.max)
     return None
 

@@ -23,13 +23,17 @@ COMPARISONS: dict[str, str] = {
     "less_or_equal": "<=",
 }
 MissingData = Literal["missing", "ignore", "breaching", "not_breaching"]
-#: the statistics each kind of metric has: a counter counts events (its sum in the period); the
-#: latency histogram keeps no minimum (its buckets give percentiles instead)
+#: the statistics each kind of metric has: a counter counts events (its sum in the period); a
+#: latency histogram keeps no minimum (its buckets give percentiles instead); a distribution
+#: (batch_size) keeps only its count and sum: no extremes, no buckets
 KIND_STATISTICS: dict[str, tuple[str, ...]] = {
     "counter": ("sum",),
     "gauge": ("avg", "sum", "min", "max", "sample_count"),
     "histogram": ("avg", "sum", "max", "sample_count", "p50", "p90", "p99"),
+    "distribution": ("avg", "sum", "sample_count"),
 }
+#: the latency histograms: the metrics with percentiles
+HISTOGRAMS = tuple(name for name, (kind, _) in METRICS.items() if kind == "histogram")
 #: metrics measured for the whole endpoint, never per variant
 ENDPOINT_METRICS = ("concurrent_requests", "async_backlog", "async_oldest_age_s")
 #: the most an alarm looks back (period_s × evaluation_periods): one day, all at full resolution
@@ -72,7 +76,7 @@ class AlarmSpec(_Spec):
     )
     statistic: str = Field(
         description=f"one of {', '.join(STATISTICS)}; counters have only sum, percentiles are "
-        "for latency_ms"
+        f"for the latency histograms ({', '.join(HISTOGRAMS)})"
     )
     period_s: int = Field(
         default=60,
@@ -141,7 +145,10 @@ class AlarmSpec(_Spec):
                 if len(allowed) == 1
                 else f"statistics are {', '.join(allowed)}"
             )
-            raise ValueError(f"{metric} is a {kind}: its {which} (got {value!r})")
+            why = ""
+            if value.startswith("p") and kind != "histogram":
+                why = f"; percentiles are for the latency histograms ({', '.join(HISTOGRAMS)})"
+            raise ValueError(f"{metric} is a {kind}: its {which} (got {value!r}){why}")
         return value
 
     @field_validator("evaluation_periods")

@@ -43,8 +43,8 @@ class TargetTrackingSpec(_Spec):
 
     metric: TargetMetric = Field(
         description="invocations_per_instance (per minute), concurrent_requests_per_replica, "
-        "cpu_utilization (percent of one core, per replica), p90_latency_ms, "
-        "async_backlog_per_instance (async endpoints)"
+        "cpu_utilization (percent of one core, per replica), p90_latency_ms (the replicas' "
+        "model latency), async_backlog_per_instance (async endpoints)"
     )
     target: float = Field(gt=0, allow_inf_nan=False, description="the value to keep it near")
 

@@ -20,9 +20,11 @@ capacity is then ``ceil(load / target)``, which is ``ceil(capacity × value / ta
   averaged over the intervals with samples.
 - ``async_backlog_per_instance``: the endpoint's async requests queued or running, averaged over
   the intervals the recorder sampled (none in an interval: 0).
-- ``p90_latency_ms`` is no load: its value is the 90th percentile of the variant's latencies over
-  the window (from the merged histograms), and the desired capacity
-  ``ceil(capacity × p90 / target)``. Without requests there is no data.
+- ``p90_latency_ms`` is no load: its value is the 90th percentile of the variant's *model*
+  latency over the window (``model_latency_ms``, the replicas' time as the gateway sees it, from
+  the merged histograms: what more replicas can shorten, unlike a cold-start hold or a request
+  refused at the gateway), and the desired capacity ``ceil(capacity × p90 / target)``. Without
+  requests that reached a replica there is no data.
 
 No data means the policy does not vote.
 """
@@ -133,7 +135,8 @@ def read_metric(
     """``metric`` of ``variant`` over the window's points ``series`` (every series of its
     endpoint), or None without data. ``weights``: every variant's weight."""
     if metric == "p90_latency_ms":
-        p90 = statistic(merged(_points(series, "latency_ms", variant), 0.0), "p90", "histogram")
+        model = merged(_points(series, "model_latency_ms", variant), 0.0)
+        p90 = statistic(model, "p90", "histogram")
         return None if p90 is None else MetricReading(p90, None)
     load = _load(metric, series, variant, weights)
     if load is None:
