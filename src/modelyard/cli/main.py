@@ -13,6 +13,7 @@ from modelyard import __version__
 from modelyard.cli import alarms as alarms_cli
 from modelyard.cli import metrics as metrics_table
 from modelyard.cli import output
+from modelyard.cli import rollouts as rollouts_cli
 from modelyard.cli.options import Output, StateDir, Url
 from modelyard.cli.output import Format, dump, err, out
 from modelyard.client import Client
@@ -165,8 +166,20 @@ def apply(
     file: Annotated[
         Path, typer.Option("-f", "--file", help="YAML file with one or more documents")
     ],
-    wait: Annotated[bool, typer.Option(help="Wait until endpoints are InService")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait")] = 300,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="Wait until endpoints are InService; an update's rollout is shown until it "
+            "ends (exit status 1 if it rolled back, was aborted or failed)"
+        ),
+    ] = True,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for an endpoint to be InService (a rollout is followed "
+            "until it ends, within its max_execution_s)"
+        ),
+    ] = 300,
     output_format: Output = Format.table,
     url: Url = None,
     state_dir: StateDir = None,
@@ -184,13 +197,11 @@ def apply(
         for r in results:
             if r["kind"] != "Endpoint":
                 continue
-            view = client.wait_endpoint(
-                r["name"],
-                timeout_s=timeout,
-                on_progress=_progress_printer(),
-                revision=r["revision"],
+            why = rollouts_cli.wait_revision(
+                client, r["name"], r["revision"], timeout, _progress_printer()
             )
-            if view["status"] == "Failed" or view["active_revision"] != r["revision"]:
+            if why is not None:
+                err.print(f"endpoint/{r['name']}: {why}", markup=False)
                 failed.append(r["name"])
         if failed:
             err.print(
@@ -214,14 +225,11 @@ def rollback(
         result = client.rollback_endpoint(endpoint, to_revision)
         out.print(f"endpoint/{endpoint} {result['action']} (revision {result['revision']})")
         if wait:
-            view = client.wait_endpoint(
-                endpoint,
-                timeout_s=timeout,
-                on_progress=_progress_printer(),
-                revision=result["revision"],
+            why = rollouts_cli.wait_revision(
+                client, endpoint, result["revision"], timeout, _progress_printer()
             )
-            if view["active_revision"] != result["revision"]:
-                err.print(f"error: rollback did not complete: {view['message'] or view['status']}")
+            if why is not None:
+                err.print(f"error: rollback did not complete: {why}", markup=False)
                 raise typer.Exit(1)
 
 
@@ -643,6 +651,9 @@ def logs(
 
 
 app.add_typer(alarms_cli.app, name="alarms")
+app.add_typer(rollouts_cli.app, name="rollout")
+app.command("history")(rollouts_cli.history)
+app.command("update-weights")(rollouts_cli.update_weights)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
+from modelyard.client.rollouts import RolloutsMixin
 from modelyard.errors import ModelyardError, PlatformError, UserError, from_payload
 from modelyard.settings import DEFAULT_STATE_DIR, INVOKE_TOKEN_FILE, SERVER_FILE, read_token
 from modelyard.spec import Document, load_documents
@@ -64,7 +65,10 @@ def _login_name() -> str:
         return "unknown"
 
 
-class Client:
+class Client(RolloutsMixin):
+    """The control plane's API and the gateway's; rollouts, history and weights are
+    :class:`~modelyard.client.rollouts.RolloutsMixin`'s."""
+
     def __init__(
         self,
         url: str | None = None,

@@ -138,6 +138,19 @@ def record(
 
 
 # views -------------------------------------------------------------------------------------
+def _step_state(dep: DeploymentRecord, i: int) -> str:
+    """done, current or pending while it runs; once it ended without success, the step it
+    was on is ``stopped`` and those after it ``skipped``."""
+    ended = not dep.active and dep.status != "Succeeded"
+    if i < dep.step or (i == dep.step and dep.status == "Succeeded"):
+        return "done"
+    if i == dep.step:
+        if ended:
+            return "stopped"
+        return "done" if dep.phase == "terminating" else "current"
+    return "skipped" if ended else "pending"
+
+
 def _view(dep: DeploymentRecord, now: float) -> dict[str, Any]:
     policy = rollout.policy_of(dep)
     view: dict[str, Any] = {
@@ -157,13 +170,7 @@ def _view(dep: DeploymentRecord, now: float) -> dict[str, Any]:
         "alarm": dep.alarm,
         "policy": dep.policy,
         "steps": [
-            {
-                "share": share,
-                "state": "done"
-                if i < dep.step or (i == dep.step and dep.phase in ("terminating", ""))
-                else ("current" if i == dep.step else "pending"),
-            }
-            for i, share in enumerate(dep.steps)
+            {"share": share, "state": _step_state(dep, i)} for i, share in enumerate(dep.steps)
         ],
         "step": dep.step,
         "log": dep.log,
