@@ -230,7 +230,7 @@ def test_the_recorder_counts_latencies_not_invocations(store: Store) -> None:
 
 
 def test_the_recorder_turns_a_slot_into_total_model_and_overhead_latency(store: Store) -> None:
-    """A gateway's full slot: three histograms; an older gateway's (without model and overhead
+    """A gateway's full slot: three histograms and the shadow's copies; an older gateway's (without model and overhead
     histograms) still gives its total latency."""
     total, model, overhead = (
         latency_point(0, [12.0, 30.0, 3.0]),  # the last one refused at the gateway
@@ -241,6 +241,7 @@ def test_the_recorder_turns_a_slot_into_total_model_and_overhead_latency(store: 
     for point in (total, model, overhead):
         assert point.buckets is not None and point.max is not None
         values += [point.sum, point.max, *point.buckets]
+    values += [2.0, 1.0, 0.0]  # shadow copies: two compared, one agreed, none shed
     assert len(values) == SLOT_SIZE
     recorder = Recorder(store, clock=lambda: 0.0)
     recorder.gateway_report({"e": {"v": values}}, 5.0)
@@ -257,6 +258,9 @@ def test_the_recorder_turns_a_slot_into_total_model_and_overhead_latency(store: 
     assert got_model.buckets == model.buckets and got_overhead.buckets == overhead.buckets
     assert statistic(got_model, "p50", "histogram") == pytest.approx(10.0)
     assert statistic(found["invocations"][0], "sum", "counter") == 8
+    assert [p.sum for p in found["shadow_compared"]] == [2.0]
+    assert [p.sum for p in found["shadow_agreed"]] == [1.0]
+    assert "shadow_shed" not in found  # no event, no point
 
 
 def test_points_the_store_refused_are_written_by_the_next_flush(

@@ -14,6 +14,7 @@ from modelyard.cli import alarms as alarms_cli
 from modelyard.cli import metrics as metrics_table
 from modelyard.cli import output
 from modelyard.cli import rollouts as rollouts_cli
+from modelyard.cli import shadow as shadow_cli
 from modelyard.cli.options import Output, StateDir, Url
 from modelyard.cli.output import Format, dump, err, out
 from modelyard.client import Client
@@ -652,6 +653,7 @@ def logs(
 
 app.add_typer(alarms_cli.app, name="alarms")
 app.add_typer(rollouts_cli.app, name="rollout")
+app.add_typer(shadow_cli.app, name="shadow")
 app.command("history")(rollouts_cli.history)
 app.command("update-weights")(rollouts_cli.update_weights)
 

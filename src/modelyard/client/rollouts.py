@@ -67,6 +67,19 @@ class RolloutsMixin:
         path = f"/api/v1/endpoints/{name}/weights-and-capacities"
         return dict(self._call("POST", path, json={"variants": variants}))
 
+    def shadow_report(self, name: str, since_s: int = 900) -> dict[str, Any]:
+        """Production against the shadow variant over the last ``since_s`` seconds:
+        ``{production, shadow: {invocations, errors_4xx, errors_5xx, error_rate, latency_ms,
+        model_latency_ms: {avg, p50, p90, p99}}, latency_delta_ms, agreement: {compared,
+        agreed, rate}, copies_shed, ...}``."""
+        path = f"/api/v1/endpoints/{name}/shadow"
+        return dict(self._call("GET", path, params={"since": since_s}))
+
+    def promote_shadow(self, name: str) -> dict[str, Any]:
+        """Make the shadow variant the endpoint's production variant, as a new revision rolled
+        out by its deployment policy: ``{endpoint, revision, rollout, variant}``."""
+        return dict(self._call("POST", f"/api/v1/endpoints/{name}/shadow/promote"))
+
     def wait_rollout(
         self,
         name: str,

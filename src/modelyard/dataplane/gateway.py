@@ -15,9 +15,7 @@ import hmac
 import json
 import logging
 import os
-import re
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,13 @@ from modelyard import inbox, storage
 from modelyard.dataplane import bundle
 from modelyard.dataplane import gateway_metrics as gm
 from modelyard.dataplane import sagemaker as sm
+from modelyard.dataplane.async_entry import async_entry
 from modelyard.dataplane.http import Answer, BodyIncomplete, BodyTooLarge, Headers, Request
 from modelyard.dataplane.routing import EndpointRoute, Upstream, VariantRoute, build_routes
+from modelyard.dataplane.sagemaker import GatewayError
+from modelyard.dataplane.sagemaker import fail as _fail
+from modelyard.dataplane.shadow import ShadowRoute
+from modelyard.dataplane.shadow import copy as shadow_copy
 from modelyard.dataplane.upstream import BundlesUnsupported, Pool, UpstreamError, Upstreams
 
 log = logging.getLogger("modelyard.gateway")
@@ -43,20 +46,6 @@ _FORWARDED = (b"accept", sm.H_CUSTOM_ATTRIBUTES, sm.H_INFERENCE_ID)
 _HOLD_SYNC_S = 0.02
 #: The gateway writes an uploaded async payload in pieces of about this size.
 _UPLOAD_CHUNK = 1024 * 1024
-_INFERENCE_ID = re.compile(rb"^[\x21-\x7e]{1,64}$")
-
-
-class GatewayError(Exception):
-    """``model_ms``: how long the replica took, when the error is its answer or its silence."""
-
-    def __init__(
-        self, status: int, error_type: str, body: bytes, model_ms: float | None = None
-    ) -> None:
-        self.status, self.error_type, self.body, self.model_ms = status, error_type, body, model_ms
-
-
-def _fail(status: int, error_type: str, message: str) -> GatewayError:
-    return GatewayError(status, error_type, sm.error_body(message))
 
 
 class Gateway:
@@ -89,6 +78,8 @@ class Gateway:
         self.workers = workers
         self.routes: dict[str, EndpointRoute] = {}
         self.counts: gm.Counts = {}
+        #: copies in flight to shadow variants
+        self._copies: set[asyncio.Task[None]] = set()
         #: counts the control plane did not get (it was away): sent with the next sync
         #: counts not yet acknowledged by the control plane
         self.batches = gm.CountBatches()
@@ -299,7 +290,38 @@ class Gateway:
             return exc.status, _error_headers(exc.error_type), exc.body
         answer, model_ms = forwarded
         gm.count(self.counts, name, variant_name, answer[0], started, model_ms)
+        if route.shadow is not None and answer[0] < 300:
+            self._copy_to_shadow(route, route.shadow, headers, body, answer[2])
         return answer
+
+    def _copy_to_shadow(
+        self, route: EndpointRoute, shadow: ShadowRoute, headers: Any, body: bytes, out: bytes
+    ) -> None:
+        """A copy of a sampled request for the shadow variant, sent from a task of its own once
+        production has answered (dataplane/shadow.py)."""
+        variant = route.variants.get(shadow.variant)
+        if variant is None or not shadow.sampled():
+            return
+        name = route.name
+        if not shadow.has_room():
+            gm.shadow_copy(self.counts, name, variant.name, None)
+            return
+        shadow.in_flight += 1
+        task = asyncio.create_task(
+            shadow_copy(
+                shadow,
+                variant,
+                self._forward,
+                lambda v, status, at, ms: gm.count(self.counts, name, v, status, at, ms),
+                lambda v, agreed: gm.shadow_copy(self.counts, name, v, agreed),
+                headers,
+                body,
+                out,
+                time.perf_counter(),
+            )
+        )
+        self._copies.add(task)
+        task.add_done_callback(self._copies.discard)
 
     async def _invoke_serverless(
         self, route: EndpointRoute, request: Request, started: float
@@ -401,7 +423,7 @@ class Gateway:
                     f"Endpoint {name} is not asynchronous (type {route.kind}); send requests to "
                     f"/endpoints/{name}/invocations",
                 )
-            entry = self._async_entry(route, headers)
+            entry = async_entry(route, headers)
             self.inflight[name] = self.inflight.get(name, 0) + 1
             try:
                 await self._receive_input(request, entry, route.locations)
@@ -424,65 +446,6 @@ class Gateway:
             {"InferenceId": entry["id"], "OutputLocation": output, "FailureLocation": failure}
         )
         return 202, out, body.encode()
-
-    def _async_entry(self, route: EndpointRoute, headers: dict[bytes, bytes]) -> dict[str, Any]:
-        """The inbox entry of an async request, from its headers (checked here: bad ones are
-        refused before any byte is stored)."""
-        assert route.locations is not None
-        for unsupported in sm.UNSUPPORTED_ASYNC:
-            if unsupported in headers:
-                raise _fail(
-                    400,
-                    sm.VALIDATION,
-                    f"{unsupported.decode()} is not supported; results are named <id>.out "
-                    "under the endpoint's output_uri",
-                )
-        client_id = headers.get(sm.H_INFERENCE_ID, b"")
-        if client_id and not _INFERENCE_ID.match(client_id):
-            raise _fail(
-                400,
-                sm.VALIDATION,
-                "X-Amzn-SageMaker-Inference-Id: 1-64 printable characters, no spaces",
-            )
-        location = _text(headers.get(sm.H_INPUT_LOCATION))
-        if location and not storage.within(location, route.input_prefixes):
-            allowed = ", ".join(route.input_prefixes) or "none are set"
-            raise _fail(
-                400,
-                sm.VALIDATION,
-                f"X-Amzn-SageMaker-InputLocation: {location} is not under the endpoint's "
-                f"async.input_locations ({allowed}); send the payload as the request body, or "
-                "add its location to input_locations",
-            )
-        if location and storage.is_local(location):
-            # Checked as resolved; stored resolved: a link swapped in later is not followed.
-            location = "file://" + os.path.realpath(storage.local_path(location))
-        entry: dict[str, Any] = {
-            "id": str(uuid.uuid4()),
-            "endpoint": route.name,
-            "content_type": _text(
-                headers.get(sm.H_ASYNC_CONTENT_TYPE) or headers.get(b"content-type")
-            ),
-            "accept": _text(headers.get(sm.H_ASYNC_ACCEPT) or headers.get(b"accept")),
-            "custom_attributes": _text(headers.get(sm.H_CUSTOM_ATTRIBUTES)),
-            "client_inference_id": _text(client_id),
-            "output_location": route.locations["output"],
-            "failure_location": route.locations["failure"],
-            "input_uri": location,
-        }
-        for header, key, most in (
-            (sm.H_REQUEST_TTL, "request_ttl_s", 21600),
-            (sm.H_INVOCATION_TIMEOUT, "invocation_timeout_s", 3600),
-        ):
-            raw = headers.get(header)
-            if raw is None:
-                continue
-            if not raw.isdigit() or not 1 <= int(raw) <= most:
-                raise _fail(
-                    400, sm.VALIDATION, f"{header.decode()}: a whole number of seconds, 1-{most}"
-                )
-            entry[key] = int(raw)
-        return entry
 
     async def _receive_input(
         self, request: Request, entry: dict[str, Any], locations: dict[str, str]

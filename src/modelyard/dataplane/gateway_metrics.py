@@ -38,6 +38,7 @@ from modelyard.metrics.series import (
     N_BUCKETS,
     RESOLUTION_S,
     SLOT_HISTOGRAMS,
+    SLOT_SHADOW,
     SLOT_SIZE,
 )
 
@@ -47,7 +48,8 @@ log = logging.getLogger("modelyard.gateway")
 #: then three latency histograms, each [sum ms, max ms, *buckets]: the total latency (arrival to
 #: answer), the model latency (request sent to the replica to its answer received, for the
 #: attempt that answered) and the overhead (total minus model; all of it for requests that
-#: reached no model). The layout is the control plane's contract too (metrics/series.py).
+#: reached no model), then a shadow variant's copies [compared, agreed, shed]. The layout is the
+#: control plane's contract too (metrics/series.py).
 LATENCY_SUM = SLOT_HISTOGRAMS["latency_ms"]
 LATENCY_MAX = LATENCY_SUM + 1
 LATENCY_BUCKETS = LATENCY_SUM + 2
@@ -120,6 +122,19 @@ def count(
             _observe(found, MODEL_SUM, model_ms)
             ms = ms - model_ms if ms > model_ms else 0.0
         _observe(found, OVERHEAD_SUM, ms)
+
+
+def shadow_copy(counts: Counts, endpoint: str, variant: str, agreed: bool | None) -> None:
+    """A copy for a shadow variant: compared with production's answer (``agreed``), or shed
+    (None)."""
+    found = slot(counts, endpoint, variant)
+    at = SLOT_SHADOW["shadow_compared"]
+    if agreed is None:
+        found[at + 2] += 1
+        return
+    found[at] += 1
+    if agreed:
+        found[at + 1] += 1
 
 
 def _observe(found: list[float], at: int, ms: float) -> None:
@@ -280,6 +295,13 @@ class _Snapshot(Collector):
             "Serverless invocations held while a replica started",
             labels=labels,
         )
+        shadow = CounterMetricFamily(
+            "modelyard_gateway_shadow_copies",
+            "Copies of invocations for a shadow variant: answers that agreed or disagreed with "
+            "production's, and copies shed while too many were in flight (its errors are in "
+            "modelyard_gateway_requests)",
+            labels=[*labels, "result"],
+        )
         for endpoint, variant, worker, slot in sorted(
             (endpoint, variant, str(pid), slot)
             for pid, counts in self.counts.items()
@@ -292,6 +314,12 @@ class _Snapshot(Collector):
             requests.add_metric([*key, "4xx"], c4)
             requests.add_metric([*key, "5xx"], c5)
             cold.add_metric(key, slot[3])
+            compared = SLOT_SHADOW["shadow_compared"]
+            if len(slot) > compared + 2 and (slot[compared] or slot[compared + 2]):
+                agreed, shed = slot[compared + 1], slot[compared + 2]
+                shadow.add_metric([*key, "agreed"], agreed)
+                shadow.add_metric([*key, "disagreed"], slot[compared] - agreed)
+                shadow.add_metric([*key, "shed"], shed)
             for family, at in (
                 (duration, LATENCY_SUM),
                 (model, MODEL_SUM),
@@ -305,7 +333,7 @@ class _Snapshot(Collector):
         )
         for endpoint, n in sorted(self.busy.items()):
             in_progress.add_metric([endpoint], n)
-        yield from (requests, duration, model, overhead, cold, in_progress)
+        yield from (requests, duration, model, overhead, cold, shadow, in_progress)
 
 
 def _histogram(slot: list[float], at: int) -> tuple[list[tuple[str, float]], float]:

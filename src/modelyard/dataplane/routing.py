@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.dataplane.shadow import ShadowRoute
+
 
 @dataclass(slots=True)
 class Upstream:
@@ -64,6 +66,8 @@ class EndpointRoute:
     #: while a deployment shifts traffic: the new revision's variants, and their share of it
     canary: EndpointRoute | None = None
     canary_share: float = 0.0
+    #: the variant that gets copies of a share of the requests (dataplane/shadow.py)
+    shadow: ShadowRoute | None = None
     _cumulative: list[float] = field(default_factory=list)
     _order: list[VariantRoute] = field(default_factory=list)
 
@@ -149,5 +153,8 @@ def build_routes(
             input_prefixes=list(entry.get("input_locations") or []),
             canary=canary,
             canary_share=float(entry["canary"]["share"]) if canary is not None else 0.0,
+            shadow=ShadowRoute(str(entry["shadow"]["variant"]), float(entry["shadow"]["percent"]))
+            if entry.get("shadow")
+            else None,
         )
     return routes

@@ -44,3 +44,17 @@ def model_error_body(variant: str, status: int, original: bytes) -> bytes:
     if status >= 500:
         message = f'Received server error ({status}) from {variant} with message "{text}".'
     return error_body(message, OriginalStatusCode=status, OriginalMessage=text)
+
+
+class GatewayError(Exception):
+    """An answer the gateway gives instead of a replica's: its status, SageMaker error type and
+    body; ``model_ms``: how long the replica took, when the error is its answer or its silence."""
+
+    def __init__(
+        self, status: int, error_type: str, body: bytes, model_ms: float | None = None
+    ) -> None:
+        self.status, self.error_type, self.body, self.model_ms = status, error_type, body, model_ms
+
+
+def fail(status: int, error_type: str, message: str) -> GatewayError:
+    return GatewayError(status, error_type, error_body(message))

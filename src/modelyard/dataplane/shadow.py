@@ -11,10 +11,15 @@ relative tolerance (a float printed with other digits by another runtime is the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from modelyard.dataplane.sagemaker import GatewayError
+
+log = logging.getLogger("modelyard.gateway")
 
 #: copies in flight at once per gateway worker
 MAX_IN_FLIGHT = 64
@@ -61,3 +66,42 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return bool(a == b)
+
+
+#: what sends a request to a variant: (answer, model ms) or None when no replica was reached;
+#: it raises the gateway's error for an answer that is one
+Forward = Callable[[Any, dict[bytes, bytes], bytes], Awaitable[Any]]
+#: what counts an answer: (variant, status, started, model ms)
+Count = Callable[[str, int, float, float | None], None]
+
+
+async def copy(
+    shadow: ShadowRoute,
+    variant: Any,
+    forward: Forward,
+    count: Count,
+    tally: Callable[[str, bool], None],
+    headers: dict[bytes, bytes],
+    body: bytes,
+    production: bytes,
+    started: float,
+) -> None:
+    """Send one copy to the shadow variant and measure it (the gateway runs it as a task after
+    production has answered): its status and latencies are counted under the shadow variant, and
+    whether its answer agreed with production's (``tally(variant, agreed)``)."""
+    try:
+        try:
+            forwarded = await forward(variant, headers, body)
+        except GatewayError as exc:  # the shadow failed (424) or did not answer (504)
+            count(variant.name, exc.status, started, exc.model_ms)
+            return
+        if forwarded is None:
+            count(variant.name, 503, started, None)
+            return
+        answer, model_ms = forwarded
+        count(variant.name, answer[0], started, model_ms)
+        tally(variant.name, agree(production, answer[2]))
+    except Exception:  # a copy never disturbs the gateway
+        log.exception("shadow copy to %s failed", variant.name)
+    finally:
+        shadow.in_flight -= 1

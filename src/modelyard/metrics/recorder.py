@@ -23,7 +23,14 @@ import psutil
 from modelyard.controlplane.store.metric_queries import SeriesKey
 from modelyard.controlplane.store.repo import Store
 from modelyard.metrics.batches import BatchScraper
-from modelyard.metrics.series import N_BUCKETS, RESOLUTION_S, ROLLUP_S, SLOT_HISTOGRAMS, Point
+from modelyard.metrics.series import (
+    N_BUCKETS,
+    RESOLUTION_S,
+    ROLLUP_S,
+    SLOT_HISTOGRAMS,
+    SLOT_SHADOW,
+    Point,
+)
 
 log = logging.getLogger("modelyard.metrics")
 
@@ -124,6 +131,9 @@ class Recorder:
                     self.counter("errors_5xx", endpoint, variant, values[2], now, zero=traffic)
                 if len(values) > 3:
                     self.counter("cold_starts", endpoint, variant, values[3], now)
+                for metric, at in SLOT_SHADOW.items():
+                    if len(values) > at:
+                        self.counter(metric, endpoint, variant, values[at], now)
                 for metric, at in SLOT_HISTOGRAMS.items():
                     if len(values) < at + 2 + N_BUCKETS:
                         break

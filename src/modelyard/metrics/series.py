@@ -39,7 +39,13 @@ SLOT_HISTOGRAMS: dict[str, int] = {
     "model_latency_ms": 5 + HISTOGRAM_SIZE,
     "overhead_latency_ms": 5 + 2 * HISTOGRAM_SIZE,
 }
-SLOT_SIZE = 5 + 3 * HISTOGRAM_SIZE
+#: then a shadow variant's copies: [compared with production, agreed, shed]
+SLOT_SHADOW: dict[str, int] = {
+    "shadow_compared": 5 + 3 * HISTOGRAM_SIZE,
+    "shadow_agreed": 6 + 3 * HISTOGRAM_SIZE,
+    "shadow_shed": 7 + 3 * HISTOGRAM_SIZE,
+}
+SLOT_SIZE = 8 + 3 * HISTOGRAM_SIZE
 
 #: every metric kept, with what it measures and its kind
 METRICS: dict[str, tuple[str, str]] = {
@@ -61,6 +67,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "cpu_percent": ("gauge", "a replica's CPU use (100 = one core)"),
     "memory_mb": ("gauge", "a replica's resident memory"),
     "batch_size": ("distribution", "rows per model call at a replica (count: calls, sum: rows)"),
+    "shadow_compared": ("counter", "a shadow variant's answers compared with production's"),
+    "shadow_agreed": ("counter", "a shadow variant's answers that agreed with production's"),
+    "shadow_shed": ("counter", "copies for a shadow variant dropped: too many in flight"),
     "async_backlog": ("gauge", "async requests queued or running"),
     "async_oldest_age_s": ("gauge", "age of the oldest queued async request"),
 }
