@@ -53,7 +53,7 @@ def gateway(tmp_path: Path, percent: float, pools: dict[str, Replica]) -> Gatewa
     table = {"e": {"revision": 1, "variants": variants}}
     table["e"]["shadow"] = {"variant": "shadow", "percent": percent}
     gw.routes = build_routes(table, {})
-    gw.upstreams.pool = lambda address: pools[address.removeprefix("http://")]  # type: ignore[method-assign]
+    setattr(gw.upstreams, "pool", lambda address: pools[address.removeprefix("http://")])  # noqa: B010
     return gw
 
 
