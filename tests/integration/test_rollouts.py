@@ -441,3 +441,44 @@ def test_a_new_revision_that_never_gets_ready_fails_before_any_traffic_moves(
     assert load.variants_after(rollout["started_at"] - 2 * MARGIN_S) == {"blue"}
     view = server.client.describe_endpoint("broken")
     assert view["active_revision"] == 1 and view["status"] == "InService"
+
+
+def test_an_aborted_rolling_update_restores_the_old_fleet_in_batches(
+    server: ServerProcess,
+) -> None:
+    create(server, "unroll", count=2)
+    policy = {
+        "rolling": {
+            "max_batch": {"type": "capacity_percent", "value": 50},
+            "wait_s": 300,
+            "rollback_max_batch": {"type": "instance_count", "value": 1},
+        }
+    }
+    url = f"{server.gateway_url}/endpoints/unroll/invocations"
+    with Load(url) as load:
+        server.client.apply([endpoint("unroll", "green", "v2", count=2, deployment=policy)])
+        wait_for(
+            lambda: rollout_status(server, "unroll")["rollout"]["phase"] == "baking",
+            60,
+            0.2,
+            "the first batch to bake",
+        )
+        # one replica of each (the other old one drains): traffic is split between them
+        wait_for(
+            lambda: replica_revisions(server, "unroll") == [(1, "ready"), (2, "ready")],
+            30,
+            what="one replica of each",
+        )
+        abort = api(server, "POST", "/endpoints/unroll/rollout/abort")
+        assert abort.status_code == 200, abort.text
+        rollout = finished(server, "unroll")
+        wait_for(
+            lambda: replica_revisions(server, "unroll") == [(1, "ready"), (1, "ready")],
+            30,
+            what="the old fleet restored",
+        )
+        load.wait_past(rollout["finished_at"])
+    assert_no_failures(load)
+    assert rollout["status"] == "Aborted"
+    assert log_times(rollout, "rolling back: aborted by")
+    assert load.variants_after(rollout["finished_at"]) == {"blue"}
