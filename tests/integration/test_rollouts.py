@@ -471,7 +471,14 @@ def test_an_aborted_rolling_update_restores_the_old_fleet_in_batches(
         )
         abort = api(server, "POST", "/endpoints/unroll/rollout/abort")
         assert abort.status_code == 200, abort.text
-        rollout = finished(server, "unroll")
+        statuses = set()
+
+        def ended() -> dict[str, Any] | None:
+            statuses.add(server.client.describe_endpoint("unroll")["status"])
+            view = rollout_status(server, "unroll")["rollout"]
+            return view if view["status"] != "InProgress" else None
+
+        rollout = wait_for(ended, 60, 0.1, "the rollback to end")
         wait_for(
             lambda: replica_revisions(server, "unroll") == [(1, "ready"), (1, "ready")],
             30,
@@ -481,4 +488,6 @@ def test_an_aborted_rolling_update_restores_the_old_fleet_in_batches(
     assert_no_failures(load)
     assert rollout["status"] == "Aborted"
     assert log_times(rollout, "rolling back: aborted by")
+    assert "RollingBack" in statuses  # the endpoint said so while the old fleet came back
+    assert server.client.describe_endpoint("unroll")["status"] == "InService"
     assert load.variants_after(rollout["finished_at"]) == {"blue"}

@@ -293,10 +293,12 @@ def test_a_rolling_rollback_restores_blue_in_batches() -> None:
     dep = replace(dep, abort_by="ada")
     step = advance(dep, facts(now=T0 + 1), SIZES)
     assert step is not None
-    assert step.values["phase"] == "aborting" and step.endpoint == {"target_revision": 1}
+    assert step.values["phase"] == "aborting"
+    assert step.endpoint == {"target_revision": 1, "status": "RollingBack"}
     dep = moved(dep, step)
     assert dep.restored == 0.5 and dep.rollback_batch == 0.5  # 2 of 4 replicas at a time
     d = directives(dep, SIZES)
+    assert d.rolling_back  # the endpoint is RollingBack meanwhile
     # blue is the target again: 4 wanted back (half restored + a batch), green kept at 2
     assert d.target_counts == {"blue": 4} and d.keep_others == {(2, "green"): 2}
     assert advance(dep, facts(now=T0 + 2, active=1), SIZES) is None  # the batch is not ready

@@ -63,7 +63,8 @@ class Directives:
     """What a running deployment (reconcile/rollout.py) asks of this tick's plan.
 
     ``hold_promotion``: the new revision is not promoted even once its fleet is ready (traffic
-    shifts first); ``updating``: the endpoint stays Updating (the deployment ends it);
+    shifts first); ``updating``: the endpoint stays Updating (the deployment ends it), or
+    RollingBack with ``rolling_back``;
     ``target_counts``: replicas wanted per variant of the target revision, instead of its
     capacity (a rolling batch); ``keep_others``: live replicas kept per (revision, variant) of
     other revisions (the rest are drained); ``retain``: revisions whose replicas all keep running
@@ -73,6 +74,7 @@ class Directives:
     hold_promotion: bool = False
     report_ready: bool = False
     updating: bool = False
+    rolling_back: bool = False
     target_counts: Mapping[str, int] | None = None
     keep_others: Mapping[tuple[int, str], int] | None = None
     retain: frozenset[int] = frozenset()
@@ -455,6 +457,8 @@ def plan(
         actions += [Stop(r.id) for r in others if state[r.id] in (*LIVE, "failed")]
     if not promoting:
         status = "Updating" if directives.updating else "InService"
+        if directives.rolling_back:
+            status = "RollingBack"
         if endpoint.status != status:
             actions.append(SetEndpoint(status, endpoint.message, target.number, target.number))
     else:

@@ -149,6 +149,7 @@ def directives(dep: DeploymentRecord, sizes: Sizes) -> Directives:
         restore = _restore_to(dep)
         return Directives(
             updating=True,
+            rolling_back=True,
             report_ready=True,
             target_counts={v: math.ceil(restore * n) for v, n in sizes.blue.items()},
             keep_others={
@@ -389,7 +390,10 @@ def _count(share: float, sizes: Mapping[str, int]) -> int:
 
 def _end(dep: DeploymentRecord, facts: Facts, status: str, note: str) -> Transition:
     endpoint: dict[str, Any] = {}
-    if status in ("Succeeded", "RolledBack", "Aborted") and facts.endpoint.status == "Updating":
+    if status in ("Succeeded", "RolledBack", "Aborted") and facts.endpoint.status in (
+        "Updating",
+        "RollingBack",
+    ):
         message = "" if status == "Succeeded" else f"rollout {dep.id} {_ended(status)}: {note}"
         endpoint = {"status": "InService", "message": message}
     values: dict[str, Any] = {"status": status, "phase": "", "finished_at": facts.now}
@@ -432,6 +436,7 @@ def _roll_back(
         if facts.endpoint.active_revision == dep.to_revision:  # promoted already: swap back
             endpoint["active_revision"] = blue
             revisions += ((blue, "active", ""),)
+        endpoint["status"] = "RollingBack"
         return Transition(
             {
                 "phase": "aborting" if status == "Aborted" else "rolling_back",
