@@ -275,9 +275,14 @@ def test_model_update_rolls_out_new_replicas_then_retires_the_old(world: World) 
     assert world.states() == [(1, "ready"), (1, "ready"), (2, "starting"), (2, "starting")]
     assert routes(world.store, world.tmp_path)["e"]["revision"] == 1
 
-    world.tick()  # new replicas ready: promote, stop the old ones
+    world.tick()  # new replicas ready: promoted; the deployment ends
     ep = world.endpoint()
     assert (ep.status, ep.active_revision) == ("InService", 2)
+    # The old fleet runs until the deployment ends (a rollback could still need it), then
+    # drains from the next pass.
+    assert world.states() == [(1, "ready"), (1, "ready"), (2, "ready"), (2, "ready")]
+    assert routes(world.store, world.tmp_path)["e"]["revision"] == 2
+    world.tick()
     assert world.states() == [(1, "stopping"), (1, "stopping"), (2, "ready"), (2, "ready")]
     table = routes(world.store, world.tmp_path)["e"]
     assert table["revision"] == 2
@@ -309,7 +314,7 @@ def test_model_change_applied_alone_rolls_out_to_the_endpoints_using_it(world: W
 def test_stopping_replica_that_ignores_term_is_killed_after_the_grace(world: World) -> None:
     _serve(world, count=1)
     world.apply(count=1, artifact="model-v2.joblib")
-    world.tick(2)
+    world.tick(3)  # started, ready and promoted, then the old one stops
     (old,) = [r for r in world.replicas() if r.revision == 1]
     assert old.state == "stopping"
     fake = world.executor.by_id(old.id)

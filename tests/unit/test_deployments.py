@@ -263,3 +263,28 @@ def test_endpoint_rules_for_deployments_and_shadows(spec: dict[str, Any], rule: 
     with pytest.raises(SpecError) as err:
         parse_documents([raw])
     assert rule in err.value.message
+
+
+def test_an_abort_as_the_new_fleet_gets_ready_keeps_the_old_one_serving(world: World) -> None:
+    world.apply(world.endpoint("v1"))
+    world.tick(2)
+    world.apply(world.endpoint("v2"))  # all at once, no waits
+    world.tick()  # the new fleet starts
+    deployments.abort(world.store, "e", "ada", world.now)
+    world.tick(2)  # it is ready now: the abort goes first, nothing is promoted
+    assert world.history()[0]["status"] == "Aborted"
+    table = routes(world.store, world.tmp_path)["e"]
+    assert table["revision"] == 1 and len(table["variants"][0]["replicas"]) == 2
+
+
+def test_a_rollback_in_the_tick_that_promoted_finds_the_old_fleet_running(world: World) -> None:
+    world.apply(world.endpoint("v1"))
+    world.tick(2)
+    world.apply(world.endpoint("v2", deployment={"blue_green": {"max_execution_s": 600}}))
+    world.tick()  # the new fleet starts
+    world.now += 601  # ready only once the deployment has run out of time
+    world.tick()  # promoted by the plan, rolled back by the deployment in the same tick
+    latest = world.history()[0]
+    assert latest["status"] == "RolledBack" and "max_execution_s" in latest["reason"]
+    table = routes(world.store, world.tmp_path)["e"]
+    assert table["revision"] == 1 and len(table["variants"][0]["replicas"]) == 2

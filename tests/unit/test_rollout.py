@@ -68,8 +68,9 @@ def facts(
     ready: bool = False,
     revision: tuple[str, str] = ("pending", ""),
     alarms: dict[str, tuple[str, str]] | None = None,
+    failed: str = "",
 ) -> Facts:
-    return Facts(now, endpoint(active), ready, revision, alarms or {})
+    return Facts(now, endpoint(active), ready, revision, alarms or {}, failed)
 
 
 def moved(dep: DeploymentRecord, step: rollout.Transition | None) -> DeploymentRecord:
@@ -163,7 +164,8 @@ def test_a_canary_waits_for_the_whole_new_fleet_then_bakes_each_step() -> None:
 def test_all_at_once_without_waits_ends_in_the_tick_that_promotes() -> None:
     dep = deployment({})
     d = directives(dep, SIZES)
-    assert not d.hold_promotion and d.retain == frozenset()  # blue drained at once
+    # promoted as soon as ready; blue kept until the deployment ends (in that same tick)
+    assert not d.hold_promotion and d.retain == frozenset({1})
     step = advance(dep, facts(active=2, ready=True), SIZES)
     assert step is not None and step.values["status"] == "Succeeded"
     assert step.values["steps"] == [1.0]
@@ -344,3 +346,56 @@ def test_shared_variants_are_in_neither_fleet() -> None:
 
     sizes = rollout.fleet_sizes(deployment({}), {1: rev(1, "old"), 2: rev(2, "new")}, {})
     assert sizes == Sizes(green={"b": 3}, blue={"b": 3})
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "fleet", "steps", "counts"),
+    [
+        ({"type": "instance_count", "value": 2}, 3, [2 / 3, 1.0], [2, 3]),
+        ({"type": "instance_count", "value": 1}, 3, [1 / 3, 2 / 3, 1.0], [1, 2, 3]),
+        ({"type": "capacity_percent", "value": 5}, 2, [0.5, 1.0], [1, 2]),  # no empty batch
+        ({"type": "capacity_percent", "value": 25}, 6, [2 / 6, 4 / 6, 1.0], [2, 4, 6]),
+    ],
+)
+def test_rolling_batches_are_whole_replicas(
+    max_batch: dict[str, Any], fleet: int, steps: list[float], counts: list[int]
+) -> None:
+    sizes = Sizes(green={"green": fleet}, blue={"blue": fleet})
+    dep = deployment({"rolling": {"max_batch": max_batch}}, mode="rolling")
+    dep = moved(dep, advance(dep, facts(), sizes))
+    assert dep.steps == pytest.approx(steps)
+    seen = []
+    for step in range(len(steps)):
+        d = directives(replace(dep, step=step, phase="launching"), sizes)
+        assert d.target_counts is not None
+        seen.append(d.target_counts["green"])
+    assert seen == counts
+
+
+def test_a_replica_failing_mid_rolling_update_rolls_it_back_in_batches() -> None:
+    dep = deployment(ROLLING, mode="rolling", phase="launching", steps=[0.25, 0.5, 0.75, 1.0])
+    dep = replace(dep, step=2)
+    # the plan does not fail the revision itself: the deployment rolls back
+    assert directives(dep, SIZES).fail_revision is False
+    step = advance(dep, facts(now=T0 + 5, failed="replica r-1 failed: load error"), SIZES)
+    assert step is not None and step.values["phase"] == "failing"
+    assert step.revisions == ((2, "failed", "replica r-1 failed: load error"),)
+    dep = moved(dep, step)
+    assert dep.restored == 0.5  # two batches were in; the third was launching
+    end = advance(dep, facts(now=T0 + 6, active=1, ready=True), SIZES)
+    assert end is not None and end.values["status"] == "Failed"
+
+
+def test_a_rolling_rollback_that_cannot_restore_the_old_fleet_ends_failed() -> None:
+    dep = deployment(ROLLING, mode="rolling", phase="rolling_back", steps=[0.5, 1.0], step=1)
+    dep = replace(dep, restored=0.5, rollback_batch=0.5, reason="alarm x", step_started_at=T0)
+    assert advance(dep, facts(now=T0 + 3599, active=1), SIZES) is None
+    end = advance(dep, facts(now=T0 + 3601, active=1), SIZES)
+    assert end is not None and end.values["status"] == "Failed"
+    assert "not restored within 3600 s" in end.values["reason"]
+    assert end.endpoint["status"] == "InService"
+
+
+def test_an_abort_is_carried_out_before_anything_is_promoted() -> None:
+    dep = deployment({}, abort_by="ada")
+    assert directives(dep, SIZES).hold_promotion

@@ -73,6 +73,20 @@ def _log_line(path: str, line: str) -> None:
         log.warning("could not write to %s: %s", path, exc)
 
 
+def _failure(revision: int, replicas: list[ReplicaRecord], actions: list[Action]) -> str:
+    """Why a replica of ``revision`` failed for good (this tick, or before), or ""."""
+    mine = {r.id: r for r in replicas if r.revision == revision}
+    for action in actions:
+        if isinstance(action, FailReplica) and action.replica_id in mine:
+            return f"replica {action.replica_id} failed: {action.reason}"
+        if isinstance(action, MarkExited) and action.permanent and action.replica_id in mine:
+            return f"replica {action.replica_id} exited with status {action.exit_code}"
+    for rep in mine.values():
+        if rep.state == "failed":
+            return f"replica {rep.id} failed: {rep.message}"
+    return ""
+
+
 def _proc(rep: ReplicaRecord) -> ReplicaProcess | None:
     if rep.pid is None or rep.address is None:
         return None
@@ -156,9 +170,11 @@ class EndpointController:
             self._apply(endpoint, by_id, action)
         if dep is not None:
             ready = any(isinstance(a, FleetReady) for a in actions)
-            self._advance(name, dep.id, ready, sizes)
+            self._advance(name, dep.id, ready, sizes, _failure(dep.to_revision, replicas, actions))
 
-    def _advance(self, name: str, dep_id: int, fleet_ready: bool, sizes: rollout.Sizes) -> None:
+    def _advance(
+        self, name: str, dep_id: int, fleet_ready: bool, sizes: rollout.Sizes, failed: str = ""
+    ) -> None:
         """Move the endpoint's deployment on from what this tick found (reconcile/rollout.py)."""
         now = self.clock()
         with self.store.tx() as repo:
@@ -185,7 +201,7 @@ class EndpointController:
                 if alarm is not None:
                     alarms[alarm_name] = (alarm.state, alarm.reason)
         state = (rev.state, rev.message) if rev is not None else ("failed", "revision missing")
-        facts = rollout.Facts(now, endpoint, fleet_ready, state, alarms)
+        facts = rollout.Facts(now, endpoint, fleet_ready, state, alarms, failed)
         step = rollout.advance(dep, facts, sizes)
         if step is None:
             return

@@ -69,12 +69,15 @@ class Directives:
     capacity (a rolling batch); ``keep_others``: live replicas kept per (revision, variant) of
     other revisions (the rest are drained); ``retain``: revisions whose replicas all keep running
     (the old fleet while a promoted revision bakes); ``report_ready``: say :class:`FleetReady`
-    when the target's fleet is ready."""
+    when the target's fleet is ready; ``fail_revision``: a replica of the target that fails for
+    good fails the revision (when False the deployment decides: a rolling update rolls back in
+    batches)."""
 
     hold_promotion: bool = False
     report_ready: bool = False
     updating: bool = False
     rolling_back: bool = False
+    fail_revision: bool = True
     target_counts: Mapping[str, int] | None = None
     keep_others: Mapping[tuple[int, str], int] | None = None
     retain: frozenset[int] = frozenset()
@@ -403,7 +406,7 @@ def plan(
 
     failed = [r for r in replicas if r.revision == target.number and state[r.id] == "failed"]
     promoting = endpoint.active_revision != target.number
-    if failed and promoting:
+    if failed and promoting and directives.fail_revision:
         return actions + _fail_revision(endpoint, target, replicas, state, failed, reasons)
 
     # Replicas of other revisions that run exactly what a target variant needs count toward it.

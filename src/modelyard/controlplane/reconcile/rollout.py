@@ -45,7 +45,8 @@ from modelyard.spec.deployment import DeploymentSpec
 
 #: phases in which the watched alarms roll the deployment back
 WATCHED = ("provisioning", "shifting", "promoting", "baking", "launching")
-ROLLING_BACK = ("rolling_back", "aborting")
+#: rolling back in batches, by why: the status it ends in
+ROLLING_BACK = {"rolling_back": "RolledBack", "aborting": "Aborted", "failing": "Failed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,8 @@ class Facts:
     revision_state: tuple[str, str]
     #: watched alarms: name → (state, reason); a deleted alarm is absent
     alarms: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: a replica of the new revision that failed for good (why), while a rolling update runs
+    failed: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,17 +134,16 @@ def directives(dep: DeploymentRecord, sizes: Sizes) -> Directives:
     blue = dep.from_revision
     retain = frozenset({blue}) if blue is not None else frozenset()
     if dep.mode == "blue_green":
-        policy = policy_of(dep)
-        bg = policy.blue_green
+        bg = policy_of(dep).blue_green
         at_once = bg is None or bg.traffic.type == "all_at_once"
         hold = dep.phase == "shifting" or (dep.phase == "provisioning" and not at_once)
-        # Blue serves until the promotion; after it, it is kept while green bakes and for the
-        # termination wait (with neither, it is drained as soon as green serves).
-        keep_blue = wait_s(policy) > 0 or (bg is not None and bg.termination_wait_s > 0)
+        # Blue serves until the promotion, and runs until the deployment ends (while green
+        # bakes, for the termination wait): a rollback decided in the very tick that promoted
+        # green still finds it. An abort asked is carried out before anything is promoted.
         return Directives(
-            hold_promotion=hold,
+            hold_promotion=hold or dep.abort_by is not None,
             updating=True,
-            retain=retain if keep_blue else frozenset(),
+            retain=retain,
             report_ready=True,
         )
     # rolling
@@ -150,29 +152,35 @@ def directives(dep: DeploymentRecord, sizes: Sizes) -> Directives:
         return Directives(
             updating=True,
             rolling_back=True,
+            fail_revision=False,
             report_ready=True,
-            target_counts={v: math.ceil(restore * n) for v, n in sizes.blue.items()},
+            target_counts={v: replicas(restore, n) for v, n in sizes.blue.items()},
             keep_others={
-                (dep.to_revision, v): n - math.ceil(dep.restored * n)
-                for v, n in sizes.green.items()
+                (dep.to_revision, v): n - replicas(dep.restored, n) for v, n in sizes.green.items()
             },
         )
     if dep.phase == "promoting":
-        return Directives(updating=True, report_ready=True, keep_others=_blue_keep(dep, 1.0, sizes))
+        return Directives(
+            updating=True,
+            report_ready=True,
+            fail_revision=False,
+            keep_others=_blue_keep(dep, 1.0, sizes),
+        )
     launched = _rolling_fraction(dep, dep.step)
     retired = launched if dep.phase == "baking" else _rolling_fraction(dep, dep.step - 1)
     return Directives(
         hold_promotion=True,
         updating=True,
         report_ready=True,
-        target_counts={v: math.ceil(launched * n) for v, n in sizes.green.items()},
+        fail_revision=False,  # a replica that fails rolls the update back, in batches
+        target_counts={v: replicas(launched, n) for v, n in sizes.green.items()},
         keep_others=_blue_keep(dep, retired, sizes),
     )
 
 
 def _blue_keep(dep: DeploymentRecord, retired: float, sizes: Sizes) -> dict[tuple[int, str], int]:
     assert dep.from_revision is not None
-    return {(dep.from_revision, v): n - math.ceil(retired * n) for v, n in sizes.blue.items()}
+    return {(dep.from_revision, v): n - replicas(retired, n) for v, n in sizes.blue.items()}
 
 
 def _rolling_fraction(dep: DeploymentRecord, step: int) -> float:
@@ -238,6 +246,8 @@ def _advance_once(dep: DeploymentRecord, facts: Facts, sizes: Sizes) -> Transiti
 def _rollback_trigger(dep: DeploymentRecord, facts: Facts) -> tuple[str, str, str | None] | None:
     if dep.abort_by is not None:
         return "Aborted", f"aborted by {dep.abort_by}", None
+    if facts.failed and dep.mode == "rolling":  # (blue/green: the revision fails first)
+        return "Failed", facts.failed, None
     if dep.phase not in WATCHED:
         return None
     policy = policy_of(dep)
@@ -347,9 +357,11 @@ def _rolling(dep: DeploymentRecord, facts: Facts, sizes: Sizes) -> Transition | 
     assert rolling is not None
     now = facts.now
     if dep.phase == "provisioning":  # the batches are fixed once, from the fleet's size
-        batch = rolling.max_batch.fraction(max(1, sizes.green_total))
-        count = math.ceil(1.0 / batch - 1e-9)
-        steps = [min(1.0, round(batch * (i + 1), 6)) for i in range(count)]
+        total = max(1, sizes.green_total)
+        size = rolling.max_batch
+        batch = size.value if size.type == "instance_count" else math.ceil(size.value * total / 100)
+        batch = max(1, min(total, batch))  # whole replicas: every batch replaces some
+        steps = [min(total, batch * (i + 1)) / total for i in range(math.ceil(total / batch))]
         return Transition(
             {"steps": steps, "step": 0, "phase": "launching", "step_started_at": now},
             f"batch 1 of {len(steps)}: starting {_count(steps[0], sizes.green)} replica(s) "
@@ -358,11 +370,12 @@ def _rolling(dep: DeploymentRecord, facts: Facts, sizes: Sizes) -> Transition | 
     if dep.phase == "launching":
         if not facts.fleet_ready:
             return None
-        done = _rolling_fraction(dep, dep.step)
+        done, before = _rolling_fraction(dep, dep.step), _rolling_fraction(dep, dep.step - 1)
+        drained = _count(done, sizes.blue) - _count(before, sizes.blue)
         return Transition(
             {"phase": "baking", "step_started_at": now},
             f"batch {dep.step + 1} of {len(dep.steps)} ready; "
-            f"{_count(done, sizes.blue)} replica(s) of revision {dep.from_revision} drained; "
+            f"{drained} replica(s) of revision {dep.from_revision} drained; "
             f"baking {rolling.wait_s} s",
         )
     if dep.phase == "baking":
@@ -374,10 +387,11 @@ def _rolling(dep: DeploymentRecord, facts: Facts, sizes: Sizes) -> Transition | 
                 f"every batch is in; revision {dep.to_revision} is promoted",
             )
         step = dep.step + 1
+        more = _count(dep.steps[step], sizes.green) - _count(dep.steps[step - 1], sizes.green)
         return Transition(
             {"step": step, "phase": "launching", "step_started_at": now},
-            f"batch {step + 1} of {len(dep.steps)}: starting "
-            f"{_count(dep.steps[step], sizes.green)} replica(s) of revision {dep.to_revision}",
+            f"batch {step + 1} of {len(dep.steps)}: starting {more} more replica(s) of "
+            f"revision {dep.to_revision}",
         )
     if dep.phase == "promoting" and facts.endpoint.active_revision == dep.to_revision:
         return _end(dep, facts, "Succeeded", f"revision {dep.to_revision} serves all traffic")
@@ -385,7 +399,13 @@ def _rolling(dep: DeploymentRecord, facts: Facts, sizes: Sizes) -> Transition | 
 
 
 def _count(share: float, sizes: Mapping[str, int]) -> int:
-    return sum(math.ceil(share * n) for n in sizes.values())
+    return sum(replicas(share, n) for n in sizes.values())
+
+
+def replicas(share: float, count: int) -> int:
+    """The replicas a share of a fleet of ``count`` is (rounded up; a share computed as
+    k / count gives k back exactly)."""
+    return max(0, min(count, math.ceil(share * count - 1e-6)))
 
 
 def _end(dep: DeploymentRecord, facts: Facts, status: str, note: str) -> Transition:
@@ -423,7 +443,8 @@ def _roll_back(
 ) -> Transition:
     """Send everything back to the old revision (blue/green: at once; rolling: in batches)."""
     blue = dep.from_revision
-    revisions: tuple[tuple[int, str, str], ...] = ((dep.to_revision, "rolled_back", reason),)
+    state = "failed" if status == "Failed" else "rolled_back"
+    revisions: tuple[tuple[int, str, str], ...] = ((dep.to_revision, state, reason),)
     if blue is None:  # nothing to go back to (a first revision has no deployment policy)
         return _end(dep, facts, "Failed", reason)
     endpoint: dict[str, Any] = {"target_revision": blue}
@@ -437,9 +458,10 @@ def _roll_back(
             endpoint["active_revision"] = blue
             revisions += ((blue, "active", ""),)
         endpoint["status"] = "RollingBack"
+        phase = {"Aborted": "aborting", "Failed": "failing"}.get(status, "rolling_back")
         return Transition(
             {
-                "phase": "aborting" if status == "Aborted" else "rolling_back",
+                "phase": phase,
                 "restored": 1.0 - retired,
                 "rollback_batch": share,
                 "reason": reason,
@@ -462,11 +484,21 @@ def _roll_back(
 
 
 def _rolling_back(dep: DeploymentRecord, facts: Facts, sizes: Sizes) -> Transition | None:
-    """Rolling back in batches: each batch of old replicas ready drains as many new ones."""
+    """Rolling back in batches: each batch of old replicas ready drains as many new ones. A
+    rollback that cannot bring the old fleet back within ``max_execution_s`` ends Failed (the
+    endpoint then runs the old revision as any endpoint does: restarting what fails)."""
+    status = ROLLING_BACK[dep.phase]
+    limit = max_execution_s(policy_of(dep))
+    if dep.step_started_at is not None and facts.now - dep.step_started_at > limit:
+        reason = f"{dep.reason}; revision {dep.from_revision} not restored within {limit} s"
+        end = _end(dep, facts, "Failed", reason)
+        end.endpoint.update(
+            {"status": "InService", "message": f"rollout {dep.id} failed: {reason}"}
+        )
+        return end
     if not facts.fleet_ready:
         return None
     restored = _restore_to(dep)
-    status = "Aborted" if dep.phase == "aborting" else "RolledBack"
     if restored >= 1.0 - 1e-9:
         end = _end(dep, facts, status, dep.reason)
         end.values.update({"restored": 1.0, "reason": dep.reason})
