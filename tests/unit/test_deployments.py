@@ -288,3 +288,42 @@ def test_a_rollback_in_the_tick_that_promoted_finds_the_old_fleet_running(world:
     assert latest["status"] == "RolledBack" and "max_execution_s" in latest["reason"]
     table = routes(world.store, world.tmp_path)["e"]
     assert table["revision"] == 1 and len(table["variants"][0]["replicas"]) == 2
+
+
+def test_a_rolling_update_splits_only_the_traffic_of_the_variant_it_replaces(
+    world: World,
+) -> None:
+    spec = {"runtime": "sklearn", "artifact": str(world.tmp_path / "v1")}
+    new = {"runtime": "sklearn", "artifact": str(world.tmp_path / "v2")}
+
+    def endpoint(b: tuple[str, str], **extra: Any) -> list[dict[str, Any]]:
+        return [
+            {"kind": "Model", "name": "v1", "spec": spec},
+            {"kind": "Model", "name": "v2", "spec": new},
+            {
+                "kind": "Endpoint",
+                "name": "e",
+                "spec": {
+                    "variants": [
+                        {"name": "a", "model": "v1", "instance_count": 2},
+                        {"name": b[0], "model": b[1], "instance_count": 2},
+                    ],
+                    **extra,
+                },
+            },
+        ]
+
+    world.apply(endpoint(("b", "v1")))
+    world.tick(2)
+    rolling = {"rolling": {"max_batch": {"type": "instance_count", "value": 1}, "wait_s": 60}}
+    world.apply(endpoint(("b2", "v2"), deployment=rolling))
+    shares = []
+    for _ in range(4):
+        world.tick()
+        canary = routes(world.store, world.tmp_path)["e"].get("canary")
+        shares.append(None if canary is None else round(canary["share"], 3))
+        if canary is not None:  # only variants with a ready replica are routed to
+            assert all(v["replicas"] for v in canary["variants"])
+    # no share before b2 has a ready replica; then 1 of b2 against 2, then 1 of b: a (shared)
+    # never counts
+    assert shares == [None, None, 0.333, 0.5]

@@ -158,3 +158,28 @@ def test_shed_and_compared_reach_prometheus(tmp_path: Path) -> None:
     text = totals.scrape({}).decode()
     assert 'modelyard_gateway_shadow_copies_total{endpoint="e",result="agreed"' in text
     assert 'result="shed"' in text
+
+
+def test_a_table_refresh_keeps_copies_in_flight_and_the_canarys_upstreams() -> None:
+    table: dict[str, Any] = {
+        "e": {
+            "revision": 1,
+            "variants": [{"name": "prod", "weight": 1, "replicas": ["http://p"]}],
+            "shadow": {"variant": "prod", "percent": 10},
+            "canary": {
+                "revision": 2,
+                "share": 0.1,
+                "variants": [{"name": "new", "weight": 1, "replicas": ["http://n"]}],
+            },
+        }
+    }
+    first = build_routes(table, {})
+    assert first["e"].shadow is not None and first["e"].canary is not None
+    first["e"].shadow.in_flight = 5
+    first["e"].canary.variants["new"].replicas[0].outstanding = 3
+    table["e"]["shadow"]["percent"] = 30
+    again = build_routes(table, first)
+    assert again["e"].shadow is first["e"].shadow  # still counting its copies in flight
+    assert again["e"].shadow.percent == 30
+    assert again["e"].canary is not None
+    assert again["e"].canary.variants["new"].replicas[0].outstanding == 3

@@ -154,7 +154,9 @@ class Gateway:
                         {
                             up.address
                             for route in self.routes.values()
-                            for variant in route.variants.values()
+                            for fleet in (route, route.canary)
+                            if fleet is not None
+                            for variant in fleet.variants.values()
                             for up in variant.replicas
                         }
                     )
@@ -276,7 +278,13 @@ class Gateway:
             forwarded = await self._forward(variant, headers, body)
             if forwarded is None:  # no replica reached: the table may be a moment old, look again
                 fresh = await self._fresh_route(name)
-                variant = (fresh.variants.get(variant_name) if fresh else None) or variant
+                if fresh is not None:  # (a variant of a revision no longer routed: another)
+                    variant = (
+                        fresh.find_variant(variant_name, fresh.fleet())
+                        or (None if sm.H_TARGET_VARIANT in headers else fresh.choose_variant())
+                        or variant
+                    )
+                    variant_name = variant.name
                 forwarded = await self._forward(variant, headers, body)
             if forwarded is None:
                 raise _fail(

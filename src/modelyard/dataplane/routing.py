@@ -117,7 +117,9 @@ def build_routes(
     known: dict[str, Upstream] = {
         up.address: up
         for route in previous.values()
-        for variant in route.variants.values()
+        for fleet in (route, route.canary)
+        if fleet is not None
+        for variant in fleet.variants.values()
         for up in variant.replicas
     }
     routes: dict[str, EndpointRoute] = {}
@@ -153,8 +155,18 @@ def build_routes(
             input_prefixes=list(entry.get("input_locations") or []),
             canary=canary,
             canary_share=float(entry["canary"]["share"]) if canary is not None else 0.0,
-            shadow=ShadowRoute(str(entry["shadow"]["variant"]), float(entry["shadow"]["percent"]))
-            if entry.get("shadow")
-            else None,
+            shadow=_shadow(entry.get("shadow"), previous.get(name)),
         )
     return routes
+
+
+def _shadow(entry: dict[str, Any] | None, previous: EndpointRoute | None) -> ShadowRoute | None:
+    """The endpoint's shadow; the same object as before when the variant is the same, so the
+    copies in flight stay counted across table refreshes."""
+    if not entry:
+        return None
+    shadow = previous.shadow if previous is not None else None
+    if shadow is None or shadow.variant != entry["variant"]:
+        shadow = ShadowRoute(str(entry["variant"]), 0.0)
+    shadow.percent = float(entry["percent"])
+    return shadow

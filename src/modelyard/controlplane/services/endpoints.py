@@ -312,16 +312,28 @@ def _fleets(
     new = repo.get_revision(endpoint.name, dep.to_revision)
     if new is None:
         return rev, served, None
+    # Only the new revision's variants with a ready replica take part of its share (a replica
+    # that crashed while traffic shifts is not routed to); with none, it gets no share.
+    green = [v for v in _fleet(new, mine, keys) if v["replicas"]]
+    if not any(v["weight"] > 0 for v in green):
+        return rev, served, None
     if dep.mode == "blue_green":
-        if dep.share <= 0:
-            return rev, served, None
-        return rev, served, (new.number, dep.share, _fleet(new, mine, keys))
+        return rev, served, (new.number, dep.share, green) if dep.share > 0 else None
     if dep.mode != "rolling":
         return rev, served, None
-    # A rolling update splits traffic as the replicas are split: each ready one takes its part.
-    green = _fleet(new, mine, keys)
-    n_green = len({a for v in green if v["weight"] > 0 for a in v["replicas"]})
-    n_blue = len({a for v in served if v["weight"] > 0 for a in v["replicas"]})
+    # A rolling update splits the traffic of the variants it replaces as their replicas are
+    # split (shared variants are in both revisions: they do not count).
+    new_keys = {variant_key(new, v["name"]) for v in new.spec["variants"]}
+    old_keys = {variant_key(rev, v["name"]) for v in rev.spec["variants"]}
+
+    def ready(fleet: list[dict[str, Any]], r: RevisionRecord, other: set[str | None]) -> int:
+        return sum(
+            len(v["replicas"])
+            for v in fleet
+            if v["weight"] > 0 and variant_key(r, v["name"]) not in other
+        )
+
+    n_green, n_blue = ready(green, new, old_keys), ready(served, rev, new_keys)
     if n_green == 0:
         return rev, served, None
     return rev, served, (new.number, n_green / (n_green + n_blue), green)
