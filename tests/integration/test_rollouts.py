@@ -31,9 +31,9 @@ class Predictor:
         time.sleep({delay})
         return {{"version": "{version}"}}
 """
-#: route changes reach the gateway within a sync or two (0.25 s each): answers this close to a
-#: step's start or end are not counted toward its share
-MARGIN_S = 0.8
+#: route changes reach the gateway within a sync or two (0.25 s each; more on a loaded machine):
+#: answers this close to a step's start or end are not counted toward its share
+MARGIN_S = 1.5
 
 
 class Load:
@@ -199,7 +199,7 @@ def test_canary_sends_the_canary_share_then_everything_and_keeps_blue_for_the_wa
         "blue_green": {
             "traffic": {
                 "type": "canary",
-                "wait_s": 5,
+                "wait_s": 7,
                 "canary_size": {"type": "capacity_percent", "value": 25},
             },
             "termination_wait_s": 3,
@@ -228,7 +228,7 @@ def test_canary_sends_the_canary_share_then_everything_and_keeps_blue_for_the_wa
     assert seen > 100 and 0.12 <= share <= 0.38, (share, seen)
     (served_at,) = log_times(rollout, "serves all traffic")
     assert load.variants_after(served_at) == {"green"}
-    assert promoted_at - canary_at >= 5  # the canary baked its wait_s
+    assert promoted_at - canary_at >= 7  # the canary baked its wait_s
 
 
 def test_linear_moves_traffic_in_equal_steps(server: ServerProcess) -> None:
@@ -237,7 +237,7 @@ def test_linear_moves_traffic_in_equal_steps(server: ServerProcess) -> None:
         "blue_green": {
             "traffic": {
                 "type": "linear",
-                "wait_s": 4,
+                "wait_s": 6,
                 "linear_step_size": {"type": "capacity_percent", "value": 34},
             }
         }
@@ -255,14 +255,14 @@ def test_linear_moves_traffic_in_equal_steps(server: ServerProcess) -> None:
     (third,) = log_times(rollout, "step 3 of 3")
     for start, end, expected in ((first, second, 0.34), (second, third, 0.68)):
         share, seen = load.share("green", start, end)
-        assert seen > 80 and abs(share - expected) <= 0.14, (expected, share, seen)
+        assert seen > 80 and abs(share - expected) <= 0.18, (expected, share, seen)
     (served_at,) = log_times(rollout, "serves all traffic")
     assert load.variants_after(served_at) == {"green"}
 
 
 def test_rolling_replaces_the_fleet_in_batches(server: ServerProcess) -> None:
     create(server, "rolling", count=2)
-    policy = {"rolling": {"max_batch": {"type": "capacity_percent", "value": 50}, "wait_s": 4}}
+    policy = {"rolling": {"max_batch": {"type": "capacity_percent", "value": 50}, "wait_s": 6}}
     url = f"{server.gateway_url}/endpoints/rolling/invocations"
     with Load(url) as load:
         server.client.apply([endpoint("rolling", "green", "v2", count=2, deployment=policy)])
@@ -491,3 +491,13 @@ def test_an_aborted_rolling_update_restores_the_old_fleet_in_batches(
     assert "RollingBack" in statuses  # the endpoint said so while the old fleet came back
     assert server.client.describe_endpoint("unroll")["status"] == "InService"
     assert load.variants_after(rollout["finished_at"]) == {"blue"}
+
+
+def test_who_asked_is_recorded_whatever_the_login_name(server: ServerProcess) -> None:
+    from modelyard.client import Client
+
+    with Client(state_dir=server.state_dir, user="José Ñúñez") as client:
+        client.apply([endpoint("who", "blue", "v1")])
+        client.wait_endpoint("who", timeout_s=60)
+        (created,) = client.deployments("who")
+    assert created["by"] == "José Ñúñez" and created["status"] == "Succeeded"

@@ -125,10 +125,10 @@ def test_the_shadow_gets_copies_that_are_measured_and_never_returned(
 
     def compared_enough() -> dict[str, Any] | None:
         view = server.client.shadow_report("shadowed", since_s=300)
-        return view if view["agreement"]["compared"] >= 40 else None
+        return view if view["agreement"]["compared"] >= 80 else None
 
     with Load(url) as load:
-        report = wait_for(compared_enough, 60, 0.5, "shadow copies in the report")
+        report = wait_for(compared_enough, 90, 0.5, "shadow copies in the report")
     assert load.errors == []
     assert set(load.variants) == {"current"}  # production answers every request
     assert all(y == x * 2 for x, y in load.answers)  # with production's prediction
@@ -139,11 +139,11 @@ def test_the_shadow_gets_copies_that_are_measured_and_never_returned(
     share = (shadow["invocations"] + report["copies_shed"]) / prod["invocations"]
     assert 0.1 <= share <= 0.3, (shadow["invocations"], report["copies_shed"], prod)
     assert report["agreement"]["compared"] <= shadow["invocations"]
-    assert 0.3 <= report["agreement"]["rate"] <= 0.7  # it agrees for x < 5 only
+    assert 0.25 <= report["agreement"]["rate"] <= 0.75  # it agrees for x < 5 only
     # The shadow's 40 ms are its own: production's latency does not include them.
     assert shadow["model_latency_ms"]["avg"] >= 38
-    assert prod["latency_ms"]["avg"] < 30
-    assert report["latency_delta_ms"]["model_latency_ms"]["avg"] > 20
+    assert prod["latency_ms"]["avg"] < shadow["model_latency_ms"]["avg"] - 10
+    assert report["latency_delta_ms"]["model_latency_ms"]["avg"] > 10
     assert shadow["errors_4xx"] == shadow["errors_5xx"] == 0
 
     shown = cli(server, "shadow", "report", "shadowed", "--since", "5m")

@@ -167,8 +167,10 @@ def test_weights_and_capacities_change_without_replacing_a_replica(world: World)
     [
         ({"name": "x", "weight": 1}, "variants[0].name", "no variant named 'x'"),
         ({"name": "a", "model": "v2"}, "variants[0]", "only weight and instance_count"),
-        ({"name": "a", "weight": -1}, "spec.variants[0].weight", "greater than or equal to 0"),
-        ({"name": "a", "instance_count": 0}, "spec.variants[0].instance_count", "greater than"),
+        ({"name": "a", "weight": -1}, "variants[0].weight", "must be 0 or more"),
+        ({"name": "a", "weight": "3"}, "variants[0].weight", "must be a number"),
+        ({"name": "a", "instance_count": 0}, "variants[0].instance_count", "1 to 64"),
+        ({"name": "a", "instance_count": True}, "variants[0].instance_count", "whole number"),
     ],
 )
 def test_weights_and_capacities_refuse_bad_input(
@@ -327,3 +329,39 @@ def test_a_rolling_update_splits_only_the_traffic_of_the_variant_it_replaces(
     # no share before b2 has a ready replica; then 1 of b2 against 2, then 1 of b: a (shared)
     # never counts
     assert shares == [None, None, 0.333, 0.5]
+
+
+def test_an_alarm_on_the_whole_endpoint_leaves_the_shadows_copies_out(world: World) -> None:
+    from modelyard.alarms.evaluator import alarm_points
+    from modelyard.controlplane.store.metric_queries import SeriesKey
+    from modelyard.metrics.series import Point
+
+    world.apply(
+        world.endpoint(
+            "v1",
+            [("prod", 1.0, 1), ("cand", 1.0, 1)],
+            shadow={"variant": "cand", "sampling_percent": 50},
+        )
+    )
+    world.tick(2)
+    with world.store.tx() as repo:
+        repo.add_metric_points(
+            [
+                (SeriesKey("errors_5xx", "e", "prod", ""), 10, Point(0.0, 1, 1.0)),
+                (SeriesKey("errors_5xx", "e", "cand", ""), 10, Point(0.0, 1, 7.0)),
+            ]
+        )
+
+    def alarm(**dimensions: str) -> Any:
+        spec = {
+            "metric": "errors_5xx",
+            "dimensions": {"endpoint": "e", **dimensions},
+            "statistic": "sum",
+            "comparison": "greater_than",
+            "threshold": 0,
+        }
+        (doc,) = parse_documents([{"kind": "Alarm", "name": "a", "spec": spec}])
+        return doc.spec
+
+    assert [p.sum for p in alarm_points(world.store, alarm(), 0, 100)] == [1.0]
+    assert [p.sum for p in alarm_points(world.store, alarm(variant="cand"), 0, 100)] == [7.0]

@@ -58,16 +58,22 @@ def notification(
 
 
 def alarm_points(store: Store, spec: AlarmSpec, start: float, end: float) -> list[Point]:
-    """The points of every series an alarm watches in ``[start, end)`` (what it merges)."""
+    """The points of every series an alarm watches in ``[start, end)`` (what it merges). An
+    alarm on a whole endpoint leaves its shadow variant out: copies are not traffic."""
+    name, variant = spec.dimensions.endpoint, spec.dimensions.variant
     with store.tx() as repo:
-        series = repo.metric_points(
-            spec.dimensions.endpoint,
-            start,
-            end,
-            metric=spec.metric,
-            variant=spec.dimensions.variant,
-        )
-    return [point for points in series.values() for point in points]
+        series = repo.metric_points(name, start, end, metric=spec.metric, variant=variant)
+        shadow = None
+        endpoint = repo.get_endpoint(name) if variant is None else None
+        if endpoint is not None and endpoint.active_revision is not None:
+            rev = repo.get_revision(name, endpoint.active_revision)
+            shadow = ((rev.spec if rev else {}).get("shadow") or {}).get("variant")
+    return [
+        point
+        for key, points in series.items()
+        if shadow is None or key.variant != shadow
+        for point in points
+    ]
 
 
 #: windows judged in one go when the evaluator fell behind (more: only the newest is judged)

@@ -97,7 +97,8 @@ class Client(RolloutsMixin):
             folder = Path(state_dir or os.environ.get("MODELYARD_STATE_DIR") or DEFAULT_STATE_DIR)
             self.invoke_token = read_token(folder, INVOKE_TOKEN_FILE)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        headers["X-Modelyard-User"] = (user or _login_name())[:128]
+        # (percent-encoded: a header is ASCII; the server decodes it)
+        headers["X-Modelyard-User"] = quote((user or _login_name())[:64], safe="")
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout_s, trust_env=False
         )

@@ -94,7 +94,8 @@ class RolloutsMixin:
         runs). An endpoint without any deployment returns at once (``rollout`` None).
 
         With no ``timeout_s`` it waits as long as the rollout runs (its ``max_execution_s``
-        bounds it), through a control-plane restart too (up to a minute unreachable); past
+        bounds the steps, and again a rollback in batches; a termination wait adds up to an
+        hour), through a control-plane restart too (up to a minute unreachable); past
         ``timeout_s`` it raises :class:`~modelyard.errors.PlatformError` (the rollout goes on).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

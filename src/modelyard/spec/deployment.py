@@ -153,7 +153,8 @@ class DeploymentSpec(_Spec):
         default=None, description="a new fleet beside the old one, traffic shifted in steps"
     )
     rolling: RollingSpec | None = Field(
-        default=None, description="replace the fleet in batches (uses no extra capacity)"
+        default=None,
+        description="replace the fleet in batches (one batch of extra capacity at a time)",
     )
     auto_rollback: AutoRollbackSpec | None = Field(
         default=None, description="roll back when any of these alarms is in ALARM"

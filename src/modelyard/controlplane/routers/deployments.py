@@ -4,6 +4,7 @@ weights and capacities changed in place, and the shadow variant's report and pro
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Body, Depends, Header, Query
 
@@ -12,8 +13,17 @@ from modelyard.controlplane.services import deployments, shadow
 
 router = APIRouter(prefix="/api/v1")
 Ctx = Annotated[Context, Depends(context)]
-#: who asks (the CLI and the SDK send the user's login name); recorded with each deployment
-User = Annotated[str, Header(alias="X-Modelyard-User", max_length=128)]
+
+
+def _user(
+    raw: Annotated[str, Header(alias="X-Modelyard-User", max_length=512)] = "api",
+) -> str:
+    """Who asks (the CLI and the SDK send the login name, percent-encoded); recorded with each
+    deployment."""
+    return unquote(raw)[:128] or "api"
+
+
+User = Annotated[str, Depends(_user)]
 
 
 @router.get(
@@ -28,7 +38,7 @@ def rollout_status(ctx: Ctx, name: str) -> dict[str, Any]:
     "/endpoints/{name}/rollout/abort",
     summary="Roll the running rollout back: all traffic returns to the revision served before",
 )
-def abort_rollout(ctx: Ctx, name: str, user: User = "api") -> dict[str, Any]:
+def abort_rollout(ctx: Ctx, name: str, user: User) -> dict[str, Any]:
     view = deployments.abort(ctx.store, name, user, ctx.clock())
     ctx.wake.set()
     return view
@@ -38,7 +48,7 @@ def abort_rollout(ctx: Ctx, name: str, user: User = "api") -> dict[str, Any]:
     "/endpoints/{name}/rollout/resume",
     summary="Deploy again the revision whose rollout was rolled back, aborted or failed",
 )
-def resume_rollout(ctx: Ctx, name: str, user: User = "api") -> dict[str, Any]:
+def resume_rollout(ctx: Ctx, name: str, user: User) -> dict[str, Any]:
     view = deployments.resume(ctx.store, name, user, ctx.clock())
     ctx.wake.set()
     return view
@@ -64,7 +74,7 @@ def update_weights_and_capacities(
         list[dict[str, Any]],
         Body(embed=True, description="[{name, weight?, instance_count?}]"),
     ],
-    user: User = "api",
+    user: User,
 ) -> dict[str, Any]:
     result = deployments.update_weights_and_capacities(ctx.store, name, variants, user, ctx.clock())
     ctx.wake.set()
@@ -85,7 +95,7 @@ def shadow_report(
     "/endpoints/{name}/shadow/promote",
     summary="Make the shadow variant the production one (rolled out by the deployment policy)",
 )
-def promote_shadow(ctx: Ctx, name: str, user: User = "api") -> dict[str, Any]:
+def promote_shadow(ctx: Ctx, name: str, user: User) -> dict[str, Any]:
     result = shadow.promote(ctx.store, name, user, ctx.clock())
     ctx.wake.set()
     return result

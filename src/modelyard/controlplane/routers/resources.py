@@ -27,7 +27,7 @@ def apply(
         list[dict[str, Any]],
         Body(embed=True, description="Documents, each {kind, name, spec}"),
     ],
-    user: User = "api",
+    user: User,
 ) -> dict[str, Any]:
     docs = parse_documents(documents)
     results = apply_documents(ctx.store, docs, ctx.clock(), user)
@@ -130,7 +130,7 @@ def rollback_endpoint(
     ctx: Ctx,
     name: str,
     revision: Annotated[int, Body(embed=True, ge=1, description="The revision to return to")],
-    user: User = "api",
+    user: User,
 ) -> dict[str, Any]:
     result = rollback_endpoint_service(ctx.store, name, revision, ctx.clock(), user)
     ctx.wake.set()

@@ -231,6 +231,14 @@ def history(store: Store, name: str, now: float, limit: int = 50) -> list[dict[s
 
 def abort(store: Store, name: str, by: str, now: float) -> dict[str, Any]:
     """Ask the controller to roll the running deployment back (it does at its next pass)."""
+    for _ in range(5):  # the controller moved it on between the read and the write: again
+        view = _abort_once(store, name, by, now)
+        if view is not None:
+            return view
+    raise ConflictError(f"the rollout of endpoint {name!r} kept changing; try the abort again")
+
+
+def _abort_once(store: Store, name: str, by: str, now: float) -> dict[str, Any] | None:
     with store.tx() as repo:
         if repo.get_endpoint(name) is None:
             raise NotFoundError(f"no endpoint named {name!r}")
@@ -245,7 +253,8 @@ def abort(store: Store, name: str, by: str, now: float) -> dict[str, Any]:
                 f"termination wait is left. To go back, run `modelyard rollback {name} "
                 f"--to-revision {dep.from_revision}` once it ends"
             )
-        repo.update_deployment_if(dep, now, f"abort asked by {by}", abort_by=by or "unknown")
+        if not repo.update_deployment_if(dep, now, f"abort asked by {by}", abort_by=by or "?"):
+            return None
         fresh = repo.get_deployment(dep.id)
     assert fresh is not None
     return _view(fresh, now)
@@ -324,9 +333,18 @@ def update_weights_and_capacities(
                     "max instead",
                     f"{field}.instance_count",
                 )
-            for key in ("weight", "instance_count"):
-                if key in change:
-                    variant[key] = change[key]
+            if "weight" in change:
+                weight = change["weight"]
+                if isinstance(weight, bool) or not isinstance(weight, int | float):
+                    raise SpecError("must be a number", f"{field}.weight")
+                if not 0 <= weight < float("inf"):
+                    raise SpecError("must be 0 or more", f"{field}.weight")
+                variant["weight"] = float(weight)
+            if "instance_count" in change:
+                count = change["instance_count"]
+                if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
+                    raise SpecError("must be a whole number, 1 to 64", f"{field}.instance_count")
+                variant["instance_count"] = count
         try:
             checked = EndpointSpec.model_validate(spec)
         except ValidationError as exc:

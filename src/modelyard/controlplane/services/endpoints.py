@@ -41,6 +41,10 @@ def _counts(records: list[CounterRecord]) -> dict[str, dict[str, Any]]:
 
 def _summary(repo: Repo, endpoint: EndpointRecord) -> dict[str, Any]:
     counts = _counts(repo.list_counts(endpoint.name))
+    served = repo.get_revision(endpoint.name, endpoint.active_revision or endpoint.target_revision)
+    shadow = ((served.spec if served else {}).get("shadow") or {}).get("variant")
+    if shadow:
+        counts.pop(str(shadow), None)  # copies for a shadow variant are not the endpoint's traffic
     replicas = repo.list_replicas(endpoint.name)
     live = [r for r in replicas if r.revision == endpoint.active_revision]
     return {
