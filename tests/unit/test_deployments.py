@@ -365,3 +365,17 @@ def test_an_alarm_on_the_whole_endpoint_leaves_the_shadows_copies_out(world: Wor
 
     assert [p.sum for p in alarm_points(world.store, alarm(), 0, 100)] == [1.0]
     assert [p.sum for p in alarm_points(world.store, alarm(variant="cand"), 0, 100)] == [7.0]
+
+
+def test_a_spec_stored_before_deployments_existed_is_not_a_change(world: World) -> None:
+    world.apply(world.endpoint("v1"))
+    world.tick(2)
+    with world.store.tx() as repo:  # as an older version stored it: no deployment, no shadow
+        rev = repo.get_revision("e", 1)
+        assert rev is not None
+        old = {k: v for k, v in rev.spec.items() if k not in ("deployment", "shadow")}
+        repo.add_revision("e", 2, old, rev.models, world.now)
+        repo.update_endpoint("e", world.now, target_revision=2, active_revision=2)
+    world.apply(world.endpoint("v1"))
+    with world.store.tx() as repo:
+        assert repo.latest_revision_number("e") == 2

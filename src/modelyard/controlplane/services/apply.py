@@ -55,6 +55,14 @@ def _models_of(repo: Repo, spec: dict[str, Any]) -> dict[str, Any]:
     return models
 
 
+def same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two stored endpoint specs are the same; a block stored as absent by an older
+    version and as null by this one is the same (no new revision on upgrade)."""
+    return {k: v for k, v in a.items() if v is not None} == {
+        k: v for k, v in b.items() if v is not None
+    }
+
+
 def new_revision(
     repo: Repo, endpoint: EndpointRecord, spec: dict[str, Any], models: dict[str, Any], now: float
 ) -> int:
@@ -83,7 +91,7 @@ def _revise(repo: Repo, name: str, spec: dict[str, Any], now: float, by: str) ->
         raise ConflictError(f"endpoint {name!r} is being deleted; apply again once it is gone")
     current = repo.get_revision(name, endpoint.target_revision)
     failed = endpoint.status == "Failed"
-    if current and current.spec == spec and current.models == models and not failed:
+    if current and same_spec(current.spec, spec) and current.models == models and not failed:
         return Applied("Endpoint", name, "unchanged", endpoint.target_revision)
     deployments.check_no_rollout(repo, name)
     number = new_revision(repo, endpoint, spec, models, now)
@@ -108,7 +116,11 @@ def rollback_endpoint(
             known = ", ".join(str(r.number) for r in repo.list_revisions(name))
             raise NotFoundError(f"endpoint {name!r} has no revision {to_revision} (has: {known})")
         current = repo.get_revision(name, endpoint.target_revision)
-        same = current is not None and (current.spec, current.models) == (old.spec, old.models)
+        same = (
+            current is not None
+            and same_spec(current.spec, old.spec)
+            and current.models == old.models
+        )
         if same and endpoint.status != "Failed":
             return Applied("Endpoint", name, "unchanged", endpoint.target_revision)
         deployments.check_no_rollout(repo, name, "roll back")
