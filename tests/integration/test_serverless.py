@@ -138,6 +138,10 @@ def test_idle_endpoint_scales_to_zero_and_holds_the_first_request(server: Server
     assert server.http.get(f"{server.api_url}/metrics").status_code == 401
     # With no more requests it goes back to zero.
     wait_for(lambda: not _replicas(server, "sl"), 30, what="the endpoint to scale in again")
+    # Each scale to and from zero is a scaling activity, as the autoscaler's decisions are.
+    moves = [(a["from"], a["to"], a["cause"]) for a in server.client.scaling_activities("sl")]
+    assert moves[0][:2] == (1, 0) and "no request for idle_timeout_s" in moves[0][2]
+    assert any(m[:2] == (0, 1) and "cold start" in m[2] for m in moves[1:])
 
 
 def test_payload_over_4_mb_is_refused(server: ServerProcess) -> None:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from modelyard.controlplane.autoscale.autoscaler import planned_capacities
 from modelyard.controlplane.reconcile import rollout
@@ -168,9 +169,57 @@ class EndpointController:
         by_id = {r.id: r for r in replicas}
         for action in actions:
             self._apply(endpoint, by_id, action)
+        if serverless and target is not None and endpoint.active_revision == target.number:
+            self._serverless_activities(endpoint, target.spec, replicas, actions, now)
         if dep is not None:
             ready = any(isinstance(a, FleetReady) for a in actions)
             self._advance(name, dep.id, ready, sizes, _failure(dep.to_revision, replicas, actions))
+
+    def _serverless_activities(
+        self,
+        endpoint: EndpointRecord,
+        spec: dict[str, Any],
+        replicas: list[ReplicaRecord],
+        actions: list[Action],
+        now: float,
+    ) -> None:
+        """A serverless variant's scale from and to zero (its own rule: requests in progress and
+        ``idle_timeout_s``, plan.wanted_replicas) recorded as scaling activities, as the
+        autoscaler records its decisions: `describe`, the API and the SDK show them alike."""
+        stopping = {a.replica_id for a in actions if isinstance(a, Stop)}
+        cfg = spec["serverless"]
+        for variant in spec["variants"]:
+            name = variant["name"]
+            live = [
+                r
+                for r in replicas
+                if r.revision == endpoint.active_revision
+                and r.variant == name
+                and r.state in ("starting", "ready", "crashed")
+            ]
+            started = sum(1 for a in actions if isinstance(a, StartNew) and a.variant == name)
+            stopped = sum(1 for r in live if r.id in stopping)
+            if not started and not stopped:
+                continue
+            before, after = len(live), len(live) + started - stopped
+            if started:
+                cause = (
+                    "serverless: a request arrived with no replica running (cold start)"
+                    if not live
+                    else "serverless: requests in progress"
+                )
+            else:
+                cause = f"serverless: no request for idle_timeout_s ({cfg['idle_timeout_s']} s)"
+            details = {
+                "provisioned_concurrency": cfg["provisioned_concurrency"],
+                "idle_timeout_s": cfg["idle_timeout_s"],
+                "last_request_at": endpoint.last_request_at,
+            }
+            with self.store.tx() as repo:
+                if repo.get_endpoint(endpoint.name) is not None:
+                    repo.add_scaling_activity(
+                        endpoint.name, name, now, before, after, cause, details
+                    )
 
     def _advance(
         self, name: str, dep_id: int, fleet_ready: bool, sizes: rollout.Sizes, failed: str = ""
