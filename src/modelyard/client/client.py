@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
+from modelyard.client.patience import Patient
 from modelyard.client.rollouts import RolloutsMixin
 from modelyard.errors import ModelyardError, PlatformError, UserError, from_payload
 from modelyard.settings import DEFAULT_STATE_DIR, INVOKE_TOKEN_FILE, SERVER_FILE, read_token
@@ -29,7 +30,6 @@ from modelyard.spec.resources import TransformJobSpec
 #: the statuses a transform job ends in (it changes no more)
 TRANSFORM_FINAL = frozenset({"Stopped", "Completed", "CompletedWithFailures", "Failed"})
 #: how long ``wait_transform`` waits through a control plane it cannot reach (a restart)
-UNREACHABLE_GRACE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,22 +310,9 @@ class Client(RolloutsMixin):
         ``timeout_s`` it waits as long as the job runs; through a control-plane restart too
         (up to a minute unreachable)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        unreachable_since: float | None = None
+        patient = Patient()  # the job resumes after a control-plane restart: so does the wait
         while True:
-            try:
-                view = self.transform_job(name)
-            except PlatformError as exc:
-                # A control plane restarting: the job resumes when it is back, so wait for it
-                # (a minute at most) rather than give up on a job that goes on.
-                now = time.monotonic()
-                unreachable_since = unreachable_since or now
-                if not isinstance(exc.__cause__, httpx.TransportError) or (
-                    now - unreachable_since > UNREACHABLE_GRACE_S
-                ):
-                    raise
-                time.sleep(0.5)  # polling the control plane
-                continue
-            unreachable_since = None
+            view = patient.call(lambda: self.transform_job(name))
             if on_progress:
                 on_progress(view)
             if view["status"] in TRANSFORM_FINAL:

@@ -12,14 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
+from modelyard.client.patience import Patient
 from modelyard.errors import NotFoundError, PlatformError
 
 #: the statuses a deployment ends in (it changes no more)
 ROLLOUT_FINAL = frozenset({"Succeeded", "RolledBack", "Aborted", "Failed", "Stopped"})
-#: how long ``wait_rollout`` waits through a control plane it cannot reach (a restart)
-ROLLOUT_UNREACHABLE_GRACE_S = 60.0
 
 
 class RolloutsMixin:
@@ -99,21 +96,9 @@ class RolloutsMixin:
         ``timeout_s`` it raises :class:`~modelyard.errors.PlatformError` (the rollout goes on).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        unreachable_since: float | None = None
+        patient = Patient()  # the rollout goes on after a control-plane restart: so does this
         while True:
-            try:
-                view = self.rollout_status(name)
-            except PlatformError as exc:
-                # A control plane restarting: the rollout resumes when it is back.
-                now = time.monotonic()
-                unreachable_since = unreachable_since or now
-                if not isinstance(exc.__cause__, httpx.TransportError) or (
-                    now - unreachable_since > ROLLOUT_UNREACHABLE_GRACE_S
-                ):
-                    raise
-                time.sleep(0.5)  # polling the control plane
-                continue
-            unreachable_since = None
+            view = patient.call(lambda: self.rollout_status(name))
             dep = view["rollout"]
             if dep is None:
                 return view
